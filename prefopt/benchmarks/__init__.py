@@ -1,0 +1,1 @@
+"""Generation benchmarks run after training (``benchmark=<name>``)."""

@@ -1,0 +1,146 @@
+"""The typed schema of a training run, registered with Hydra's ConfigStore.
+
+``conf/config.yaml`` starts from ``prefopt_schema``, so a typo (``bta=0.1``) or a wrong type
+(``epochs=three``) fails at compose time with the full key named. Each loss's hyperparameters are
+typed too: ``@register_loss``'s dataclass is stored as ``loss/_schema_<name>`` and every
+``conf/loss/<name>.yaml`` builds on it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+@dataclass
+class ModelConfig:
+    # Hub id, local directory, or a built-in name (smollm2-135m, tiny).
+    name_or_path: str = MISSING
+    # auto = bf16 on a bf16-capable GPU, fp32 on CPU.
+    dtype: str = "auto"
+    trust_remote_code: bool = False
+    # A Jinja chat template to use instead of the tokenizer's; tokenizers without one get Zephyr's.
+    chat_template: str | None = None
+    # End-of-turn token that closes every completion; null = the tokenizer's eos_token.
+    eot_token: str | None = None
+    attn_implementation: str | None = None
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class DatasetConfig:
+    # Registered dataset name (see prefopt.data); decides how rows are parsed.
+    name: str = MISSING
+    # Hub id or local file/directory; null = the dataset's built-in default.
+    path: str | None = None
+    train_split: str = "train"
+    # null = no separate split: hold out eval_fraction of the train rows instead.
+    eval_split: str | None = None
+    eval_fraction: float = 0.1
+    max_train_rows: int | None = None
+    max_eval_rows: int | None = None
+    max_length: int = 512
+    max_prompt_length: int = 256
+    # Named row filters applied before tokenization (see prefopt.data.filters).
+    filters: list[str] = field(default_factory=list)
+    # Loader-specific options, passed as keyword arguments to the registered loader.
+    options: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+
+@dataclass
+class ReferenceConfig:
+    # frozen: a frozen copy of the initial policy. none: reference-free (error if the loss needs one).
+    kind: str = "frozen"
+    # For kind=checkpoint: the reference model's hub id or path.
+    name_or_path: str | None = None
+
+
+@dataclass
+class OptimizerConfig:
+    # adamw | rmsprop
+    name: str = "adamw"
+    lr: float = 5e-6
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    # linear | cosine | constant, each after a linear warmup over warmup_ratio of the steps.
+    scheduler: str = "linear"
+    warmup_ratio: float = 0.1
+    # Gradient-norm clipping; 0 disables it (the norm is still logged).
+    max_grad_norm: float = 10.0
+
+
+@dataclass
+class TrainerConfig:
+    # Pairs (or rows) per device per micro-step.
+    batch_size: int = 4
+    grad_accum: int = 1
+    # -1 = run all epochs; otherwise stop after this many optimizer steps.
+    max_steps: int = -1
+    # Evaluate on held-out pairs every N optimizer steps (0 = only at the end).
+    eval_every: int = 0
+    eval_batch_size: int = 8
+    log_every: int = 1
+    save_model: bool = True
+    progress_bar: bool = True
+
+
+@dataclass
+class BenchmarkConfig:
+    # Generation benchmark run at the end of training: sentiment | none.
+    name: str = "none"
+    # Where prompts come from: builtin (the packaged held-out prompts) or a dataset path.
+    prompts: str = "builtin"
+    num_prompts: int = 48
+    max_new_tokens: int = 40
+    temperature: float = 1.0
+    top_p: float = 1.0
+    batch_size: int = 24
+    seed: int = 0
+    bootstrap_samples: int = 10000
+
+
+@dataclass
+class PrefoptConfig:
+    # The loss strength β, shared by every loss config through ${beta}.
+    beta: float = 0.1
+    epochs: int = 1
+    seed: int = 42
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    # name -> hyperparameters; more than one entry is a weighted combination (loss=[dpo,sft]).
+    loss: dict[str, Any] = field(default_factory=dict)
+    reference: ReferenceConfig = field(default_factory=ReferenceConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    benchmark: BenchmarkConfig = field(default_factory=BenchmarkConfig)
+    # Free-form labels copied into summary.json (e.g. the variant's name), for analysis tables.
+    tags: dict[str, Any] = field(default_factory=dict)
+    # Python modules to import before training so that their @register_loss plug-ins exist.
+    loss_modules: list[str] = field(default_factory=list)
+    # null = Hydra's output directory.
+    run_dir: str | None = None
+
+
+def register_configs() -> None:
+    """Store the run schema and one typed schema per registered loss in Hydra's ConfigStore."""
+    from prefopt import losses
+
+    cs = ConfigStore.instance()
+    cs.store(name="prefopt_schema", node=PrefoptConfig)
+    for name in losses.names():
+        spec = losses.get(name)
+        schema = _with_weight(spec.hparams)
+        cs.store(group="loss", name=f"_schema_{name}", node=schema, package=f"loss.{name}")
+
+
+def _with_weight(hparams: type) -> type:
+    # Every loss entry carries its weight in a combination; the loss function never sees it.
+    fields = [(f.name, f.type, f) for f in dataclasses.fields(hparams)]
+    fields.append(("weight", float, field(default=1.0)))
+    return dataclasses.make_dataclass(f"{hparams.__name__}Entry", fields)

@@ -1,0 +1,46 @@
+"""Preference-optimization losses: a registry of pure functions over per-sequence log-probs.
+
+``prefopt.losses.compute(name, ...)`` runs one from a notebook; ``available()`` lists them.
+Importing this package registers every built-in loss (one module per loss).
+"""
+
+import importlib
+import pkgutil
+
+from prefopt.losses.registry import (
+    EmptyCompletionError,
+    LossConfigError,
+    LossOutput,
+    LossSpec,
+    PairLogps,
+    UnknownLossError,
+    UnpairedLogps,
+    aliases,
+    available,
+    call,
+    compute,
+    get,
+    names,
+    register_loss,
+)
+
+_NOT_LOSSES = {"registry", "common"}
+
+for _module in pkgutil.iter_modules(__path__):
+    if _module.name not in _NOT_LOSSES and not _module.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_module.name}")
+
+
+def load_plugins(modules) -> None:
+    """Import user modules named in ``loss_modules=[...]`` so their ``@register_loss`` runs."""
+    for module in modules or ():
+        try:
+            importlib.import_module(module)
+        except ImportError as err:
+            raise LossConfigError(f"loss_modules: cannot import {module!r}: {err}") from err
+
+
+__all__ = [
+    "EmptyCompletionError", "LossConfigError", "LossOutput", "LossSpec", "PairLogps", "UnknownLossError",
+    "UnpairedLogps", "aliases", "available", "call", "compute", "get", "load_plugins", "names", "register_loss",
+]

@@ -1,0 +1,274 @@
+"""The loss registry: ``@register_loss`` records a pure loss function, its typed hyperparameters and
+what it needs from the trainer (a reference model? paired, unpaired or single-completion data?).
+
+The trainer only ever asks a ``LossSpec`` these questions; it never tests a loss's name.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor
+
+DataKind = Literal["paired", "unpaired", "sft"]
+
+
+@dataclass
+class PairLogps:
+    """Per-sequence log-probs of a batch of preference pairs. Every tensor has shape ``(B,)``.
+
+    ``*_logps`` are sums of token log-probs over the completion only (prompt and padding masked);
+    ``*_lengths`` count those completion tokens. ``ref_*`` is ``None`` for reference-free training.
+    ``extras`` carries optional per-batch tensors that some modifiers need (e.g. WPO's per-token
+    log-prob weights); a loss that needs one says so in its docstring.
+    """
+
+    policy_chosen: Tensor
+    policy_rejected: Tensor | None = None
+    ref_chosen: Tensor | None = None
+    ref_rejected: Tensor | None = None
+    chosen_lengths: Tensor | None = None
+    rejected_lengths: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class UnpairedLogps:
+    """Per-sequence log-probs of single completions labelled desirable or undesirable, shape ``(B,)``.
+
+    ``kl_policy``/``kl_ref`` are log-probs of mismatched (prompt, completion) pairs used by KTO-style
+    losses to estimate KL(π‖π_ref); ``None`` when the loss does not ask for them.
+    """
+
+    policy: Tensor
+    desirable: Tensor  # bool
+    lengths: Tensor
+    ref: Tensor | None = None
+    kl_policy: Tensor | None = None
+    kl_ref: Tensor | None = None
+    extras: dict[str, Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class LossOutput:
+    """``losses``: per-example losses, shape ``(B,)``. ``metrics``: name -> tensor of shape ``(B,)`` or
+    ``()``; the trainer averages them over the batch (and over ranks) and logs them under these names."""
+
+    losses: Tensor
+    metrics: dict[str, Tensor]
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    fn: Callable[[Any, Any], LossOutput]
+    hparams: type
+    needs_reference: bool
+    data: DataKind
+    aliases: tuple[str, ...] = ()
+    trl_name: str | None = None
+    paper: str = ""
+    # Losses with state across steps (e.g. BCO's running reward baseline) get a fresh dict per run.
+    stateful: bool = False
+
+    @property
+    def doc(self) -> str:
+        return (self.fn.__doc__ or "").strip()
+
+    def make_hparams(self, values: dict[str, Any] | None = None, *, where: str | None = None):
+        """Validate ``values`` against the typed schema; unknown keys and wrong types name the key."""
+        values = dict(values or {})
+        where = where or f"loss.{self.name}"
+        known = {f.name: f for f in dataclasses.fields(self.hparams)}
+        for key in values:
+            if key not in known:
+                raise LossConfigError(
+                    f"{where}.{key}: unknown hyperparameter for loss {self.name!r}; "
+                    f"known: {', '.join(sorted(known))}"
+                )
+        kwargs = {}
+        for key, value in values.items():
+            kwargs[key] = _coerce(value, known[key].type, f"{where}.{key}")
+        try:
+            hp = self.hparams(**kwargs)
+        except TypeError as err:
+            raise LossConfigError(f"{where}: {err}") from err
+        validate = getattr(hp, "validate", None)
+        if validate is not None:
+            try:
+                validate()
+            except ValueError as err:
+                raise LossConfigError(f"{where}.{err}") from err
+        return hp
+
+
+class LossConfigError(ValueError):
+    pass
+
+
+class UnknownLossError(KeyError):
+    def __str__(self) -> str:  # KeyError's repr-quoting makes messages unreadable
+        return str(self.args[0])
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", str(annotation))
+    if kind == "float":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise LossConfigError(f"{where}: expected a float, got {value!r}")
+        return float(value)
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise LossConfigError(f"{where}: expected an int, got {value!r}")
+        return value
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise LossConfigError(f"{where}: expected true/false, got {value!r}")
+        return value
+    if kind == "str":
+        if not isinstance(value, str):
+            raise LossConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+_REGISTRY: dict[str, LossSpec] = {}
+_ALIASES: dict[str, str] = {}
+
+
+def register_loss(
+    name: str,
+    *,
+    hparams: type,
+    needs_reference: bool,
+    data: DataKind = "paired",
+    aliases: tuple[str, ...] = (),
+    trl_name: str | None = None,
+    paper: str = "",
+    stateful: bool = False,
+) -> Callable:
+    """Register ``fn(logps, hp) -> LossOutput`` under ``name`` (and its aliases).
+
+    ``hparams`` is a dataclass whose fields are the loss's hyperparameters; every loss that has a
+    strength calls it ``beta``. Registering a name twice is an error, so two plug-ins cannot silently
+    shadow each other.
+    """
+    if not dataclasses.is_dataclass(hparams):
+        raise TypeError(f"register_loss({name!r}): hparams must be a dataclass")
+    if data not in ("paired", "unpaired", "sft"):
+        raise ValueError(f"register_loss({name!r}): data must be paired, unpaired or sft, not {data!r}")
+
+    def decorate(fn: Callable) -> Callable:
+        for key in (name, *aliases):
+            if key in _REGISTRY or key in _ALIASES:
+                raise ValueError(f"loss name {key!r} is already registered")
+        spec = LossSpec(name, fn, hparams, needs_reference, data, tuple(aliases), trl_name, paper, stateful)
+        _REGISTRY[name] = spec
+        for alias in aliases:
+            _ALIASES[alias] = name
+        fn.loss_spec = spec
+        return fn
+
+    return decorate
+
+
+def get(name: str) -> LossSpec:
+    canonical = _ALIASES.get(name, name)
+    try:
+        return _REGISTRY[canonical]
+    except KeyError:
+        raise UnknownLossError(
+            f"unknown loss {name!r}; known losses: {', '.join(sorted(_REGISTRY))}"
+            + (f" (aliases: {', '.join(sorted(_ALIASES))})" if _ALIASES else "")
+        ) from None
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def aliases() -> dict[str, str]:
+    return dict(_ALIASES)
+
+
+def available() -> list[dict[str, Any]]:
+    """One row per registered loss: its name, flags, aliases, TRL name and hyperparameter defaults."""
+    rows = []
+    for name in names():
+        spec = _REGISTRY[name]
+        rows.append(
+            dict(
+                name=name,
+                needs_reference=spec.needs_reference,
+                data=spec.data,
+                aliases=list(spec.aliases),
+                trl_name=spec.trl_name,
+                paper=spec.paper,
+                hparams={f.name: f.default for f in dataclasses.fields(spec.hparams)},
+            )
+        )
+    return rows
+
+
+def compute(
+    name: str,
+    *,
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor | None = None,
+    ref_chosen_logps: Tensor | None = None,
+    ref_rejected_logps: Tensor | None = None,
+    chosen_lengths: Tensor | None = None,
+    rejected_lengths: Tensor | None = None,
+    state: dict | None = None,
+    **hyperparameters: Any,
+) -> LossOutput:
+    """Functional entry point for notebooks: per-example losses and metrics for a paired/SFT loss.
+
+    Example::
+
+        out = prefopt.losses.compute("dpo", policy_chosen_logps=pc, policy_rejected_logps=pr,
+                                     ref_chosen_logps=rc, ref_rejected_logps=rr, beta=0.1)
+        out.losses, out.metrics["rewards/margins"]
+    """
+    spec = get(name)
+    hp = spec.make_hparams(hyperparameters, where=name)
+    logps = PairLogps(
+        policy_chosen=policy_chosen_logps,
+        policy_rejected=policy_rejected_logps,
+        ref_chosen=ref_chosen_logps,
+        ref_rejected=ref_rejected_logps,
+        chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+    )
+    if spec.needs_reference and (ref_chosen_logps is None or (spec.data == "paired" and ref_rejected_logps is None)):
+        raise LossConfigError(f"loss {spec.name!r} needs ref_chosen_logps and ref_rejected_logps")
+    return call(spec, logps, hp, state)
+
+
+def call(spec: LossSpec, logps: Any, hp: Any, state: dict | None = None) -> LossOutput:
+    """Run a loss with the checks every loss shares: lengths must be positive, outputs finite-shaped."""
+    _check_lengths(logps)
+    out = spec.fn(logps, hp, state) if spec.stateful else spec.fn(logps, hp)
+    if out.losses.dim() != 1:
+        raise RuntimeError(f"loss {spec.name!r} returned losses of shape {tuple(out.losses.shape)}, expected (B,)")
+    return out
+
+
+class EmptyCompletionError(ValueError):
+    pass
+
+
+def _check_lengths(logps: Any) -> None:
+    # A zero-length completion has log-prob 0 and would turn every length-normalized loss into 0/0.
+    for attr in ("chosen_lengths", "rejected_lengths", "lengths"):
+        lengths = getattr(logps, attr, None)
+        if lengths is not None and bool((lengths <= 0).any()):
+            bad = torch.nonzero(lengths <= 0).flatten().tolist()
+            raise EmptyCompletionError(
+                f"{attr} has zero-length completions at batch positions {bad}; "
+                "drop empty completions in the data pipeline"
+            )
