@@ -38,8 +38,11 @@ class DatasetConfig:
     # Hub id or local file/directory; null = the dataset's built-in default.
     path: str | None = None
     train_split: str = "train"
-    # null = no separate split: hold out eval_fraction of the train rows instead.
+    # null = no separate split: hold out eval_fraction of the train rows instead (also done, with a
+    # warning, when path is a single local file and eval_path is null: one file holds one split).
     eval_split: str | None = None
+    # Hub id or local file for the eval rows when they live elsewhere than path (e.g. a second jsonl).
+    eval_path: str | None = None
     eval_fraction: float = 0.1
     max_train_rows: int | None = None
     max_eval_rows: int | None = None
@@ -50,6 +53,14 @@ class DatasetConfig:
     # Loader-specific options, passed as keyword arguments to the registered loader.
     options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    # A malformed row (missing key, wrong type, conversation not ending with the assistant):
+    # error = stop naming the row and field; skip = drop it, counted as skipped_bad_row in summary.json.
+    bad_rows: str = "error"
+    # Reuse tokenized rows across runs (a sweep tokenizes once); keyed by tokenizer, chat template,
+    # end-of-turn token, lengths and the filtered rows themselves.
+    cache: bool = True
+    # null = <PREFOPT_CACHE>/tokenized.
+    cache_dir: str | None = None
 
 
 @dataclass

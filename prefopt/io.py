@@ -67,6 +67,26 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Binary twin of ``atomic_write_text`` (the tokenized-dataset cache writes numpy arrays)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError as err:
+        raise RunFileError(err.errno, f"cannot write {path}: {err.strerror or err}") from err
+
+
 class JsonlWriter:
     """Appends one JSON object per line.
 

@@ -6,21 +6,34 @@ A normalized row is a plain dict:
   every turn before the final assistant turn (system/user/assistant dicts with ``role``/``content``) and
   ``chosen``/``rejected`` are the contents of the competing final assistant turns;
 - sft: ``{"prompt": [...], "chosen": str}``;
-- unpaired: ``{"prompt": [...], "completion": str, "desirable": bool}``.
+- unpaired: ``{"prompt": [...], "completion": str, "desirable": bool}``;
+- prompts: ``{"prompt": [...]}`` (generation prompts, e.g. IMDb review prefixes; not trainable).
 
-Loaders raise ``DataError`` naming the row index and field for malformed rows.
+Every row also carries ``index``, its position in the source table, so errors and analyses can point back
+at it. Loaders parse rows through ``parse_rows``: a malformed row raises ``DataError`` naming the row
+index and field, or, with ``dataset.bad_rows=skip``, is skipped and counted (``skipped_bad_row``) with
+the first few reasons logged. Rows a loader drops on purpose are counted with ``count_skip``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import json
+import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+log = logging.getLogger(__name__)
+
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
+BAD_ROW_POLICIES = ("error", "skip")
+# How many skipped-row reasons are logged in full before they are only counted.
+LOGGED_SKIPS = 5
 
 
 class DataError(ValueError):
@@ -36,7 +49,7 @@ class UnknownDatasetError(KeyError):
 class DatasetSpec:
     name: str
     fn: Callable[..., list[dict[str, Any]]]
-    kind: str  # paired | sft | unpaired
+    kind: str  # paired | sft | unpaired | prompts
     default_path: str | None
     doc: str
 
@@ -108,7 +121,9 @@ def _read_local(path: Path, where: str) -> list[dict[str, Any]]:
         raise DataError(f"{path}: the file is empty")
     if name.endswith((".jsonl", ".jsonl.gz")):
         rows = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # Split on "\n" only: str.splitlines() also breaks at U+2028, U+0085, ... which JSON strings
+        # may hold unescaped (the IMDb reviews do).
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
             try:
@@ -175,3 +190,104 @@ def split_final_assistant(messages: list[dict[str, str]], row: int, field: str) 
     if messages[-1]["role"] != "assistant":
         raise DataError(f"row {row}: {field} must end with an assistant message, ends with {messages[-1]['role']!r}")
     return messages[:-1], messages[-1]["content"]
+
+
+@dataclass
+class LoadContext:
+    """What a loader reports back while it parses: drop counts, and the bad-row policy it must follow."""
+
+    counts: Counter = field(default_factory=Counter)
+    bad_rows: str = "error"
+    dataset: str = "?"
+    logged: int = 0
+
+
+_CONTEXT: contextvars.ContextVar[LoadContext | None] = contextvars.ContextVar("prefopt_load_context", default=None)
+
+
+@contextlib.contextmanager
+def loading(counts: Counter, bad_rows: str = "error", dataset: str = "?") -> Iterator[LoadContext]:
+    """Collect the skips of the loaders called inside into ``counts``."""
+    if bad_rows not in BAD_ROW_POLICIES:
+        raise DataError(f"dataset.bad_rows={bad_rows!r}: must be one of {', '.join(BAD_ROW_POLICIES)}")
+    ctx = LoadContext(counts, bad_rows, dataset)
+    token = _CONTEXT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CONTEXT.reset(token)
+
+
+def count_skip(reason: str, n: int = 1) -> None:
+    """Count a row a loader dropped on purpose (e.g. a raw UltraFeedback prompt whose completions all tie)."""
+    ctx = _CONTEXT.get()
+    if ctx is not None:
+        ctx.counts[reason] += n
+
+
+def parse_rows(rows: list[dict[str, Any]], parse: Callable[[int, dict], dict | list[dict] | None]) -> list[dict]:
+    """Run ``parse(index, raw_row)`` over a table, following the ``dataset.bad_rows`` policy.
+
+    ``parse`` returns one normalized row, a list of them (a conversation split into several examples),
+    or None for a row it skipped and counted itself. ``index`` is added when ``parse`` did not set it.
+    """
+    ctx = _CONTEXT.get()
+    out: list[dict] = []
+    for i, raw in enumerate(rows):
+        try:
+            if not isinstance(raw, dict):
+                raise DataError(f"row {i}: expected an object with named fields, got {type(raw).__name__}")
+            parsed = parse(i, raw)
+        except DataError as err:
+            if ctx is None or ctx.bad_rows == "error":
+                raise
+            ctx.counts["skipped_bad_row"] += 1
+            if ctx.logged < LOGGED_SKIPS:
+                log.warning("dataset %s: skipping a bad row (dataset.bad_rows=skip): %s", ctx.dataset, err)
+                ctx.logged += 1
+            continue
+        if parsed is None:
+            continue
+        for row in parsed if isinstance(parsed, list) else [parsed]:
+            row.setdefault("index", i)
+            out.append(row)
+    return out
+
+
+def no_options(name: str, options: dict) -> None:
+    if options:
+        raise DataError(f"dataset.options: {name} takes no options, got {sorted(options)}")
+
+
+def check_options(name: str, options: dict, known: dict[str, Any]) -> dict[str, Any]:
+    """The loader's options with defaults filled in; an unknown key is an error naming it."""
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise DataError(
+            f"dataset.options: {name} has no option {', '.join(map(repr, unknown))}; "
+            f"known: {', '.join(sorted(known)) or 'none'}"
+        )
+    return {**known, **options}
+
+
+def as_prompt(value: Any, row: int, field: str) -> list[dict[str, str]]:
+    """A prompt given as a string (one user turn) or as a message list (which must not end with the
+    assistant: the answer belongs in chosen/rejected)."""
+    if isinstance(value, str):
+        return [{"role": "user", "content": value}]
+    messages = require_messages(value, row, field)
+    if messages[-1]["role"] == "assistant":
+        raise DataError(f"row {row}: {field} ends with an assistant message; the prompt must end with the user")
+    return messages
+
+
+def as_completion(value: Any, row: int, field: str) -> tuple[list[dict[str, str]] | None, str]:
+    """A completion given as a string, as one ``{role: assistant, content}`` message, or as a whole
+    conversation ending with the assistant. Returns (history before the answer or None, answer)."""
+    if isinstance(value, str):
+        return None, value
+    if isinstance(value, dict):
+        value = [value]
+    messages = require_messages(value, row, field)
+    history, answer = split_final_assistant(messages, row, field)
+    return history or None, answer

@@ -12,9 +12,9 @@ Conventions (each one a bug class in peer projects, each one tested):
   writes no end-of-turn token gets one appended.
 - prompt and completion are tokenized separately and concatenated, so no template tag can leak into
   the completion and the completion mask is exact.
-- truncation: the prompt is cut from the left to ``max_prompt_length``, then completions from the
-  right to fit ``max_length``; a pair whose completion would vanish is dropped. Every cut and drop
-  is counted.
+- truncation: the prompt is cut from the left to ``max_prompt_length`` (a BOS the tokenizer adds
+  stays in front: the model never sees a sequence without it), then completions from the right to fit
+  ``max_length``; a pair whose completion would vanish is dropped. Every cut and drop is counted.
 """
 
 from __future__ import annotations
@@ -58,8 +58,19 @@ def render_completion(tokenizer, prompt: list[dict[str, str]], completion: str, 
             "generation prompt is a prefix of the rendered assistant turn"
         )
     text = full[len(prompt_text):]
-    end = text.find(eot, text.find(completion) + len(completion) if completion else 0)
+    # Search for the end-of-turn token after the answer, so an answer that quotes it is not cut short;
+    # a template that rewrites the content (e.g. trims it) falls back to the first one.
+    at = text.find(completion) if completion else -1
+    end = text.find(eot, at + len(completion) if at >= 0 else 0)
     return text[: end + len(eot)] if end >= 0 else text + eot
+
+
+def truncate_prompt(tokenizer, ids: list[int], max_prompt_length: int) -> list[int]:
+    """Keep the last ``max_prompt_length`` tokens (the question nearest the answer), and a leading BOS."""
+    bos = tokenizer.bos_token_id
+    if ids and bos is not None and getattr(tokenizer, "add_bos_token", False) and ids[0] == bos:
+        return [bos] + ids[len(ids) - (max_prompt_length - 1):]
+    return ids[-max_prompt_length:]
 
 
 def prompt_token_ids(tokenizer, prompt_text: str) -> list[int]:
@@ -109,7 +120,7 @@ def encode_rows(rows: list[dict[str, Any]], tokenizer, settings: EncodeSettings,
             for key in completion_keys
         }
         if len(prompt_ids) > settings.max_prompt_length:
-            prompt_ids = prompt_ids[-settings.max_prompt_length:]
+            prompt_ids = truncate_prompt(tokenizer, prompt_ids, settings.max_prompt_length)
             stats.counts["truncated_prompt"] += 1
         room = settings.max_length - len(prompt_ids)
         for key, ids in completions.items():
