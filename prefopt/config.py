@@ -99,6 +99,14 @@ class TrainerConfig:
     log_every: int = 1
     save_model: bool = True
     progress_bar: bool = True
+    # Write a resumable checkpoint (model, optimizer, scheduler, RNG, data position, metrics offset) every
+    # N optimizer steps into <run_dir>/checkpoints/; 0 = none.
+    checkpoint_every: int = 0
+    # Keep only the newest N checkpoints (0 = keep all).
+    keep_last: int = 2
+    # A NaN/inf loss or gradient: stop (clear error, last good checkpoint kept) | skip (drop that update,
+    # counted in skipped_steps).
+    on_nonfinite: str = "stop"
 
 
 @dataclass
@@ -114,6 +122,18 @@ class BenchmarkConfig:
     batch_size: int = 24
     seed: int = 0
     bootstrap_samples: int = 10000
+
+
+@dataclass
+class LoggerConfig:
+    # jsonl: metrics.jsonl only. wandb: metrics.jsonl and Weights & Biases.
+    name: str = "jsonl"
+    project: str = "prefopt"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    # auto: online with an API key (WANDB_API_KEY or ~/.netrc), offline otherwise, so it never blocks.
+    mode: str = "auto"
 
 
 @dataclass
@@ -136,6 +156,13 @@ class PrefoptConfig:
     loss_modules: list[str] = field(default_factory=list)
     # null = Hydra's output directory.
     run_dir: str | None = None
+    # null = a fresh run (an error if run_dir already holds one); auto = continue from the newest checkpoint
+    # in run_dir (a fresh start if there is none yet); or a checkpoint / run directory path.
+    resume: str | None = None
+    # Metric sinks: logger=jsonl (metrics.jsonl only, always written) or logger=wandb (also W&B).
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # A DeepSpeed config (deepspeed=zero2|zero3, conf/deepspeed/); null = plain DDP / single process.
+    deepspeed: Any = None
 
 
 def register_configs() -> None:

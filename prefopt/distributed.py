@@ -1,0 +1,224 @@
+"""Multi-process plumbing for the training loop: the accelerator, data sharding, metric reduction, DeepSpeed.
+
+One code path serves a laptop, ``accelerate launch`` / ``torchrun`` on GPUs, and ``torchrun`` on a CPU-only
+machine (gloo). The loop in ``prefopt/train.py`` calls the few functions here:
+
+- ``make_accelerator(cfg)``: plain DDP when launched with several processes, DeepSpeed when
+  ``deepspeed=<zero2|zero3>`` is set. On a machine without CUDA the process group is gloo; for DeepSpeed
+  that backend is passed explicitly, because accelerate otherwise picks no backend on a CPU-only machine,
+  counts one process while DeepSpeed counts all of them, and fails with "train_batch_size is not equal to
+  micro_batch_per_gpu * gradient_acc_step * world_size".
+- ``step_plan``: the examples of one optimizer step, split disjointly across ranks, so the global batch is
+  ``batch_size * grad_accum * processes`` whatever the number of processes. Every rank runs the same
+  number of micro-batches (a rank whose slice runs out gets a zero-weight stand-in), because DDP
+  forward passes broadcast buffers and ZeRO-3 forward passes gather parameters: both are collective.
+- ``reduce_sums``: metrics are example-weighted sums, all-reduced, divided by the global count.
+- ``prepare_reference``: under ZeRO-3 the frozen reference is partitioned like the policy, for
+  inference only (no optimizer).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class DistributedConfigError(ValueError):
+    pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def adopt_slurm_environment() -> None:
+    """Under ``hydra/launcher=slurm`` with several tasks per job, each SLURM task is one rank: export the
+    torch.distributed variables that accelerate reads from submitit's view of the job."""
+    if "RANK" in os.environ or "SUBMITIT_EXECUTOR" not in os.environ:
+        return
+    try:
+        import submitit
+    except ImportError:
+        return
+    env = submitit.JobEnvironment()
+    if env.num_tasks <= 1:
+        return
+    os.environ.update({
+        "RANK": str(env.global_rank), "LOCAL_RANK": str(env.local_rank), "WORLD_SIZE": str(env.num_tasks),
+        "LOCAL_WORLD_SIZE": str(env.num_tasks // max(1, env.num_nodes)),
+        "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": os.environ.get("MASTER_PORT", "29511"),
+    })
+
+
+def deepspeed_config(cfg) -> dict[str, Any] | None:
+    """The DeepSpeed config of ``deepspeed=<name>`` with this run's sizes filled in, or None."""
+    from omegaconf import OmegaConf
+
+    if cfg.get("deepspeed") is None:
+        return None
+    ds = OmegaConf.to_container(cfg.deepspeed, resolve=True)
+    ds.pop("name", None)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    # The loop accumulates micro-batches itself and tells DeepSpeed where a step ends, so DeepSpeed sees
+    # one micro-batch per step; it still checks the product below.
+    ds["train_micro_batch_size_per_gpu"] = cfg.trainer.batch_size
+    ds["gradient_accumulation_steps"] = 1
+    ds["train_batch_size"] = cfg.trainer.batch_size * world
+    clip = cfg.optimizer.max_grad_norm
+    ds["gradient_clipping"] = float(clip) if clip > 0 else 0.0
+    dtype = cfg.model.dtype
+    if dtype in ("bf16", "bfloat16"):
+        ds["bf16"] = {"enabled": True}
+    elif dtype in ("fp16", "float16"):
+        ds["fp16"] = {"enabled": True}
+    stage = ds.get("zero_optimization", {}).get("stage", 0)
+    if stage not in (0, 1, 2, 3):
+        raise DistributedConfigError(f"deepspeed.zero_optimization.stage={stage}: must be 0, 1, 2 or 3")
+    return ds
+
+
+def make_accelerator(cfg):
+    from accelerate import Accelerator
+    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+
+    adopt_slurm_environment()
+    ds = deepspeed_config(cfg)
+    cuda = torch.cuda.is_available()
+    if ds is None:
+        return Accelerator(cpu=not cuda)
+    if cfg.trainer.get("on_nonfinite", "stop") == "skip":
+        raise DistributedConfigError(
+            "trainer.on_nonfinite=skip: DeepSpeed applies the update inside its backward, so a step cannot "
+            "be skipped afterwards; use trainer.on_nonfinite=stop with deepspeed"
+        )
+    if "LOCAL_RANK" not in os.environ:
+        # Not launched by torchrun/accelerate: a world of one, so that `python -m prefopt.train
+        # deepspeed=zero3` runs as it is (DeepSpeed always wants a process group).
+        os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+                           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())})
+    # zero3_init_flag=False: each rank loads the full weights and ZeRO partitions them at prepare time,
+    # which also lets the reference be a copy of the initial policy.
+    plugin = DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False)
+    handlers = [] if cuda else [InitProcessGroupKwargs(backend="gloo")]
+    return Accelerator(cpu=False, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+
+
+def zero_stage(accelerator) -> int:
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    return int(plugin.zero_stage) if plugin is not None else -1
+
+
+def uses_deepspeed(accelerator) -> bool:
+    return zero_stage(accelerator) >= 0
+
+
+@dataclass
+class MicroBatch:
+    rows: list[dict]
+    # 1 for a real example of this rank, 0 for a stand-in that only keeps the collectives in step.
+    weights: torch.Tensor
+
+    @property
+    def n_real(self) -> int:
+        return int(self.weights.sum())
+
+
+def step_plan(group: list[dict], world: int, rank: int, batch_size: int) -> list[MicroBatch]:
+    """This rank's micro-batches of one global step.
+
+    The ``len(group)`` examples are cut into ``world`` contiguous slices whose sizes differ by at most one
+    (rank r takes the r-th), each cut into micro-batches of ``batch_size``. Every rank returns the same
+    number of micro-batches. With ``world == 1`` this is the single-process batching, so a run on N
+    processes with ``batch_size = B / N`` sees exactly the steps of a single-process run with ``B``.
+    """
+    base, extra = divmod(len(group), world)
+    sizes = [base + (1 if r < extra else 0) for r in range(world)]
+    start = sum(sizes[:rank])
+    mine = group[start:start + sizes[rank]]
+    n_micro = max(1, math.ceil(max(sizes) / batch_size))
+    plan = []
+    for i in range(n_micro):
+        rows = mine[i * batch_size:(i + 1) * batch_size]
+        if rows:
+            plan.append(MicroBatch(rows, torch.ones(len(rows))))
+        else:
+            plan.append(MicroBatch([group[0]], torch.zeros(1)))
+    return plan
+
+
+def reduce_sums(accelerator, sums: dict[str, float], count: float) -> tuple[dict[str, float], float]:
+    """All-reduce example-weighted metric sums and the example count; returns (global sums, global count).
+
+    Keys are sorted so every rank packs the same vector; all ranks compute the same metric names.
+    """
+    keys = sorted(sums)
+    if accelerator.num_processes == 1:
+        return dict(sums), count
+    vec = torch.tensor([sums[k] for k in keys] + [count], dtype=torch.float64, device=accelerator.device)
+    vec = accelerator.reduce(vec, reduction="sum")
+    values = vec.tolist()
+    return dict(zip(keys, values[:-1], strict=True)), values[-1]
+
+
+@contextlib.contextmanager
+def micro_step(accelerator, model, last: bool):
+    """Gradient synchronisation only on the last micro-batch of an optimizer step.
+
+    DDP: ``no_sync`` for the others. DeepSpeed: accelerate's engine wrapper reads ``sync_gradients`` to
+    mark the accumulation boundary (and steps the engine there), so it is set per micro-batch.
+    """
+    if uses_deepspeed(accelerator):
+        accelerator.gradient_state._set_sync_gradients(last)
+        try:
+            yield
+        finally:
+            accelerator.gradient_state._set_sync_gradients(True)
+    elif last:
+        yield
+    else:
+        with accelerator.no_sync(model):
+            yield
+
+
+def backward_scale(accelerator) -> float:
+    """DDP and DeepSpeed average gradients over ranks; the loop's loss is a share of the global sum, so it
+    is multiplied by the number of processes to make the synchronised gradient the global mean."""
+    return float(accelerator.num_processes)
+
+
+def prepare_reference(accelerator, reference) -> None:
+    """Under ZeRO-3 the reference's weights are partitioned too (each rank holds 1/N), via an inference-only
+    DeepSpeed engine: the training config without optimizer, scheduler or gradient settings. Under
+    ZeRO-0/1/2 and DDP every rank keeps its own full frozen copy, which is what it already has."""
+    if zero_stage(accelerator) != 3 or getattr(reference, "model", None) is None:
+        return
+    import deepspeed
+
+    from prefopt.logps import SequenceScorer
+
+    ds = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
+    for key in ("optimizer", "scheduler", "gradient_clipping", "gradient_accumulation_steps"):
+        ds.pop(key, None)
+    ds["zero_optimization"] = {"stage": 3, "stage3_param_persistence_threshold": 0}
+    scorer = getattr(reference, "scorer", None) or SequenceScorer(reference.model)
+    engine, *_ = deepspeed.initialize(model=scorer, config=ds)
+    engine.eval()
+    reference.scorer = engine
+
+
+def gathered_state_dict(accelerator, scorer) -> dict[str, torch.Tensor] | None:
+    """The policy's full weights (``model.`` prefix removed); collective under ZeRO-3, so every rank calls
+    it. None when the unwrapped model already holds full weights."""
+    if zero_stage(accelerator) != 3:
+        return None
+    state = accelerator.get_state_dict(scorer)
+    return {k.removeprefix("model."): v for k, v in state.items()} if state is not None else None
