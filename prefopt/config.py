@@ -110,11 +110,38 @@ class TrainerConfig:
 
 
 @dataclass
+class JudgeConfig:
+    # http: an OpenAI-compatible endpoint; local: a Hugging Face chat model; none: no judge.
+    kind: str = "none"
+    # http: the API root, e.g. https://api.openai.com/v1 (…/chat/completions is appended).
+    base_url: str | None = None
+    # http: the served model name; local: a hub id, a path, or smollm2-135m / tiny.
+    model: str | None = None
+    # http: the environment variable holding the API key (the key itself is never in a config).
+    api_key_env: str | None = "OPENAI_API_KEY"
+    timeout: float = 60.0
+    # Transport retries (timeouts, 429, 5xx) with exponential backoff.
+    max_retries: int = 5
+    # 0 = unlimited; otherwise requests are spaced evenly to stay under this rate.
+    requests_per_minute: float = 0.0
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    # A reply that does not parse is asked again this many times, then counted as malformed.
+    parse_retries: int = 2
+    # null = $PREFOPT_CACHE/judgments; every reply is cached there, keyed by judge and prompt.
+    cache_dir: str | None = None
+
+
+@dataclass
 class BenchmarkConfig:
-    # Generation benchmark run at the end of training: sentiment | none.
+    # Generation benchmark run at the end of training (and by prefopt.evaluate):
+    # none | sentiment | mt_bench | alpaca_eval (see prefopt/benchmarks).
     name: str = "none"
-    # Where prompts come from: builtin (the packaged held-out prompts) or a dataset path.
+    # sentiment: builtin (the packaged held-out prompts), or a JSON/JSONL path with a prompt column,
+    # or with a text column (IMDb reviews: the first prefix_words words become the prompt).
+    # mt_bench: FastChat's question.jsonl; alpaca_eval: an AlpacaEval outputs/eval-set JSON.
     prompts: str = "builtin"
+    # How many prompts/questions/instructions (from the top); -1 = all.
     num_prompts: int = 48
     max_new_tokens: int = 40
     temperature: float = 1.0
@@ -122,6 +149,26 @@ class BenchmarkConfig:
     batch_size: int = 24
     seed: int = 0
     bootstrap_samples: int = 10000
+    # sentiment with review-text prompts: words of each review kept as the prefix to continue.
+    prefix_words: int = 8
+    # mt_bench: FastChat's judge_prompts.jsonl and reference_answer/gpt-4.jsonl.
+    judge_prompts: str | None = None
+    reference_answers: str | None = None
+    # alpaca_eval: the reference output set the win rate is computed against (AlpacaEval JSON).
+    reference_outputs: str | None = None
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+@dataclass
+class LoggerConfig:
+    # jsonl: metrics.jsonl only. wandb: metrics.jsonl and Weights & Biases.
+    name: str = "jsonl"
+    project: str = "prefopt"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    # auto: online with an API key (WANDB_API_KEY or ~/.netrc), offline otherwise, so it never blocks.
+    mode: str = "auto"
 
 
 @dataclass

@@ -1,20 +1,36 @@
-"""Uncertainty for benchmark deltas: paired bootstrap CIs, win rates and a paired significance test."""
+"""Uncertainty for benchmark deltas: paired bootstrap CIs, win rates and a paired significance test.
+
+Two kinds of win rate live here and must not be confused:
+
+- ``paired_delta``: the same prompts answered by policy and reference, each answer scored on its own
+  (VADER, a 1-10 judge grade); the win rate is the share of prompts where the policy's score is higher.
+- ``alpaca_win_rate``: a pairwise judge's verdicts of a model against a fixed reference output set, in
+  AlpacaEval's encoding (1 = reference wins, 2 = model wins, 1.5 or 0 = draw, anything else invalid).
+"""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Sequence
 
 import numpy as np
 from scipy import stats as scipy_stats
 
 
-def paired_delta(policy: list[float], reference: list[float], *, samples: int = 10000, seed: int = 0,
+def paired_delta(policy: Sequence[float], reference: Sequence[float], *, samples: int = 10000, seed: int = 0,
                  confidence: float = 0.95) -> dict[str, float]:
     """Mean of ``policy - reference`` over the same prompts, its percentile-bootstrap CI (prompts
     resampled with replacement), the win rate of policy over reference (ties count half) with its
-    bootstrap CI, and a two-sided Wilcoxon signed-rank p-value."""
+    bootstrap CI, and a two-sided Wilcoxon signed-rank p-value (zero differences dropped, as in
+    Wilcoxon's original test; 1.0 when every difference is zero)."""
     a = np.asarray(policy, dtype=float)
     b = np.asarray(reference, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
         raise ValueError(f"paired_delta needs two equal-length non-empty lists, got {a.shape} and {b.shape}")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("paired_delta: scores must be finite; drop unscored items before pairing")
+    if samples < 1:
+        raise ValueError(f"paired_delta: samples={samples}, must be >= 1")
     diff = a - b
     wins = (diff > 0).astype(float) + 0.5 * (diff == 0)
     rng = np.random.default_rng(seed)
@@ -35,4 +51,52 @@ def paired_delta(policy: list[float], reference: list[float], *, samples: int = 
         "win_rate_ci_low": float(np.percentile(boot_win, lo)),
         "win_rate_ci_high": float(np.percentile(boot_win, hi)),
         "wilcoxon_p": p_value,
+    }
+
+
+def preference_outcome(preference) -> float | None:
+    """One AlpacaEval preference as the model's score: 1.0 win, 0.0 loss, 0.5 draw, None invalid.
+
+    AlpacaEval writes 1 (``output_1``, the reference, wins), 2 (``output_2``, the model, wins), 0 or
+    1.5 for a draw, and may write a continuous preference in [1, 2] (a judge's probability); the
+    model's score is then ``preference - 1``. Strings such as ``"2.0"`` (the JSON files store them so)
+    are parsed; null, NaN and values outside [1, 2] other than 0 are invalid.
+    """
+    if preference is None:
+        return None
+    try:
+        value = float(preference)
+    except (TypeError, ValueError):
+        return None
+    if math.isnan(value):
+        return None
+    if value == 0:
+        return 0.5
+    if 1.0 <= value <= 2.0:
+        return value - 1.0
+    return None
+
+
+def alpaca_win_rate(preferences: Sequence) -> dict[str, float]:
+    """AlpacaEval's head-to-head figures from pairwise preferences (see ``preference_outcome``).
+
+    win_rate = 100 · mean(score) over valid annotations, draws scoring 0.5; standard_error = 100 ·
+    the standard error of that mean (sample standard deviation, ddof=1, over √n), the same as
+    AlpacaEval's ``pandas.Series.sem``. Wins/losses/draws count the discrete verdicts (score above,
+    below or at 0.5).
+    """
+    scores = [s for s in (preference_outcome(p) for p in preferences) if s is not None]
+    n = len(scores)
+    if n == 0:
+        raise ValueError(f"alpaca_win_rate: none of the {len(preferences)} preferences is valid")
+    arr = np.asarray(scores, dtype=float)
+    se = float(arr.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
+    return {
+        "win_rate": float(arr.mean() * 100),
+        "standard_error": se * 100,
+        "n_wins": int((arr > 0.5).sum()),
+        "n_wins_base": int((arr < 0.5).sum()),
+        "n_draws": int((arr == 0.5).sum()),
+        "n_total": n,
+        "n_invalid": len(preferences) - n,
     }

@@ -343,7 +343,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
 
     benchmark = None
     if cfg.benchmark.name != "none" and is_main:
-        benchmark = run_benchmark(cfg, policy, reference, tokenizer, device)
+        benchmark = run_benchmark(cfg, policy, reference, tokenizer, device, run_dir)
         emit({"split": "benchmark", "step": step, **{k: v for k, v in benchmark.items() if k != "examples"}})
 
     if is_main and cfg.trainer.save_model:
@@ -378,19 +378,28 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     return summary
 
 
-def run_benchmark(cfg, policy, reference, tokenizer, device) -> dict:
-    from prefopt.benchmarks import sentiment
+def run_benchmark(cfg, policy, reference, tokenizer, device, run_dir) -> dict:
+    """The configured benchmark (prefopt.benchmarks) of the trained policy against the model the run
+    started from; per-prompt items go to <run_dir>/benchmark_<name>.jsonl."""
+    from prefopt.benchmarks import UnknownBenchmarkError
+    from prefopt.evaluate import load_reference_model
+    from prefopt.evaluate import run_benchmark as evaluate_benchmark
+    from prefopt.judges import JudgeConfigError, JudgeError
 
-    benchmarks = {"sentiment": sentiment.run}
-    if cfg.benchmark.name not in benchmarks:
-        raise ConfigError(f"benchmark.name={cfg.benchmark.name!r}: known: none, {', '.join(benchmarks)}")
-    # Compare against the model the run started from (the reference in DPO terms); reload it when the
-    # training reference is not held in memory.
-    ref_model = reference.model
+    # Reload the initial model when the training reference is not held in memory (reference-free
+    # losses, precomputed log-probs) or has moved away from it.
+    ref_model = reference.model if cfg.reference.kind in ("frozen", "checkpoint") else None
     if ref_model is None:
-        ref_path = cfg.reference.name_or_path if cfg.reference.kind == "checkpoint" else cfg.model.name_or_path
-        ref_model = load_model(ref_path, cfg.model.dtype, cfg.model.trust_remote_code).to(device)
-    return benchmarks[cfg.benchmark.name](policy, ref_model, tokenizer, cfg.benchmark, cfg.model.eot_token)
+        ref_model = load_reference_model(cfg, device)
+    try:
+        return evaluate_benchmark(cfg.benchmark, policy, ref_model, tokenizer, cfg.model.eot_token, run_dir)
+    except (UnknownBenchmarkError, JudgeConfigError) as err:
+        raise ConfigError(str(err)) from None
+    except JudgeError as err:
+        # Training is done and worth keeping: record the failure; `python -m prefopt.evaluate` can
+        # rerun the benchmark on the saved model (judgments already made are cached).
+        log.error("benchmark %s failed: %s", cfg.benchmark.name, err)
+        return {"name": cfg.benchmark.name, "status": "failed", "error": str(err)}
 
 
 def save_model_atomically(model, tokenizer, path: Path) -> None:

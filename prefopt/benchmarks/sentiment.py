@@ -3,18 +3,33 @@
 Policy and reference each sample one completion per held-out prompt with the same seeds; VADER's
 compound score (-1..1) is the ground-truth reward. Reported: mean reward of each, the paired delta with
 a bootstrap 95% CI and Wilcoxon p-value, the win rate of policy over reference, and the sampled
-estimate of KL(π‖π_ref) = E_{y~π}[log π(y|x) - log π_ref(y|x)] (sequence level, in nats).
+estimate of KL(π‖π_ref) = E_{y~π}[log π(y|x) - log π_ref(y|x)] (sequence level, in nats), with its
+bootstrap CI.
+
+Prompts: ``benchmark.prompts=builtin`` (the packaged held-out prompts) or a JSON/JSONL file. Rows with
+a ``prompt`` column are used as they are; rows with a ``text`` column (IMDb reviews, as in the DPO
+paper) become "Continue this movie review: <first prefix_words words>", since a chat model is asked,
+not a raw LM. A row with neither is an error naming the row.
 """
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from prefopt.data.collate import collate
+from prefopt.data.registry import DataError
 from prefopt.generation import SampleSettings, sample
 from prefopt.logps import SequenceScorer
 from prefopt.stats import paired_delta
+
+REVIEW_INSTRUCTION = "Continue this movie review: "
+
+
+def _review_prefix(text: str, words: int) -> str:
+    # IMDb's raw text carries HTML line breaks.
+    return " ".join(text.replace("<br />", " ").split()[:words])
 
 
 def prompts_from_config(bcfg) -> list[list[dict]]:
@@ -25,8 +40,21 @@ def prompts_from_config(bcfg) -> list[list[dict]]:
     else:
         from prefopt.data.registry import read_table
 
-        texts = [row["prompt"] if isinstance(row, dict) else row for row in read_table(bcfg.prompts)]
-    texts = texts[: bcfg.num_prompts]
+        texts = []
+        for i, row in enumerate(read_table(bcfg.prompts, where="benchmark.prompts")):
+            if isinstance(row, str):
+                texts.append(row)
+            elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
+                texts.append(row["prompt"])
+            elif isinstance(row, dict) and isinstance(row.get("text"), str):
+                texts.append(REVIEW_INSTRUCTION + _review_prefix(row["text"], bcfg.prefix_words))
+            else:
+                raise DataError(f"benchmark.prompts={bcfg.prompts}: row {i} has neither a 'prompt' nor a "
+                                "'text' string column")
+    if bcfg.num_prompts >= 0:
+        texts = texts[: bcfg.num_prompts]
+    if not texts:
+        raise DataError(f"benchmark.prompts={bcfg.prompts}: no prompts (benchmark.num_prompts={bcfg.num_prompts})")
     return [[{"role": "user", "content": t}] for t in texts]
 
 
@@ -44,6 +72,13 @@ def _sequence_logps(model, samples, pad_id, batch_size=16):
     return out
 
 
+def _bootstrap_mean_ci(values, samples: int, seed: int) -> tuple[float, float]:
+    arr = np.asarray(values, dtype=float)
+    idx = np.random.default_rng(seed).integers(0, arr.size, size=(samples, arr.size))
+    means = arr[idx].mean(axis=1)
+    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
+
+
 def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dict:
     prompts = prompts_from_config(bcfg)
     settings = SampleSettings(bcfg.max_new_tokens, bcfg.temperature, bcfg.top_p, bcfg.batch_size, bcfg.seed)
@@ -59,11 +94,14 @@ def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dic
     result = {"name": "sentiment", "scorer": "vader_compound", "num_prompts": len(prompts)}
     result.update(paired_delta(policy_scores, reference_scores, samples=bcfg.bootstrap_samples, seed=bcfg.seed))
     result["kl_estimate"] = float(sum(kl) / len(kl))
+    result["kl_ci_low"], result["kl_ci_high"] = _bootstrap_mean_ci(kl, bcfg.bootstrap_samples, bcfg.seed)
     result["policy_finished_fraction"] = sum(s["finished"] for s in policy_samples) / len(policy_samples)
-    result["examples"] = [
-        {"prompt": p[0]["content"], "policy": ps["text"], "policy_score": a,
-         "reference": rs["text"], "reference_score": b}
-        for p, ps, rs, a, b in list(zip(prompts, policy_samples, reference_samples, policy_scores,
-                                        reference_scores, strict=True))[:5]
+    result["reference_finished_fraction"] = sum(s["finished"] for s in reference_samples) / len(reference_samples)
+    result["items"] = [
+        {"prompt": p[0]["content"], "policy": ps["text"], "policy_score": a, "reference": rs["text"],
+         "reference_score": b, "kl": k}
+        for p, ps, rs, a, b, k in zip(prompts, policy_samples, reference_samples, policy_scores,
+                                      reference_scores, kl, strict=True)
     ]
+    result["examples"] = result["items"][:5]
     return result

@@ -1,0 +1,117 @@
+"""AlpacaEval: instructions answered by policy and reference model, each answer compared by a pairwise
+judge with a fixed reference output set (AlpacaEval 1's baseline is text_davinci_003).
+
+The judge sees FastChat's ``pair-v2`` prompt with the two answers in an order fixed per instruction by
+the seed (half the instructions put the model first), to cancel position bias; its verdict is turned
+into AlpacaEval's preference (1 = reference output wins, 2 = model wins, 1.5 = draw). Win rate and
+standard error are AlpacaEval's (``prefopt.stats.alpaca_win_rate``: draws count half). The delta pairs
+the policy's and the reference model's outcomes on the same instructions. Malformed verdicts are
+retried, then counted as invalid and left out, as AlpacaEval drops null preferences.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from prefopt.data.registry import DataError, read_table
+from prefopt.generation import SampleSettings, sample
+from prefopt.judges import build_judge
+from prefopt.judges.prompts import load_judge_prompts, pairwise_messages, parse_verdict
+from prefopt.stats import alpaca_win_rate, paired_delta, preference_outcome
+
+log = logging.getLogger(__name__)
+
+
+def load_instructions(path: str, limit: int) -> list[str]:
+    out = []
+    for i, row in enumerate(read_table(path, where="benchmark.prompts")):
+        if not (isinstance(row, dict) and isinstance(row.get("instruction"), str)):
+            raise DataError(f"benchmark.prompts={path}: row {i} has no 'instruction' string")
+        out.append(row["instruction"])
+    return out if limit < 0 else out[:limit]
+
+
+def load_reference_outputs(path: str | None, instructions: list[str]) -> list[str]:
+    if not path:
+        raise DataError("benchmark.reference_outputs: required for alpaca_eval (an AlpacaEval outputs JSON)")
+    by_instruction = {}
+    for i, row in enumerate(read_table(path, where="benchmark.reference_outputs")):
+        if not (isinstance(row, dict) and isinstance(row.get("instruction"), str) and isinstance(row.get("output"), str)):
+            raise DataError(f"benchmark.reference_outputs={path}: row {i} needs 'instruction' and 'output' strings")
+        by_instruction[row["instruction"]] = row["output"]
+    missing = [i for i, text in enumerate(instructions) if text not in by_instruction]
+    if missing:
+        raise DataError(f"benchmark.reference_outputs={path}: no output for instruction rows {missing[:10]}"
+                        f"{' ...' if len(missing) > 10 else ''}")
+    return [by_instruction[text] for text in instructions]
+
+
+def preference_from_verdict(verdict: str | None, model_is_a: bool) -> float | None:
+    if verdict is None:
+        return None
+    if verdict == "C":
+        return 1.5
+    model_won = (verdict == "A") == model_is_a
+    return 2.0 if model_won else 1.0
+
+
+def judge_outputs(judge, prompts, instructions, outputs, baseline, order) -> list[dict]:
+    judged = []
+    for i, (instruction, output, base) in enumerate(zip(instructions, outputs, baseline, strict=True)):
+        model_is_a = bool(order[i])
+        a, b = (output, base) if model_is_a else (base, output)
+        verdict = judge.judge(pairwise_messages(prompts, instruction, a, b), parse_verdict)
+        judged.append({"preference": preference_from_verdict(verdict.value, model_is_a),
+                       "model_first": model_is_a, "judge_reply": verdict.reply})
+    return judged
+
+
+def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dict:
+    if bcfg.judge.kind == "none":
+        raise DataError("benchmark=alpaca_eval needs a judge: add judge=http or judge=local (conf/judge/)")
+    if not bcfg.judge_prompts:
+        raise DataError("benchmark.judge_prompts: required (FastChat's judge_prompts.jsonl, for pair-v2)")
+    instructions = load_instructions(bcfg.prompts, bcfg.num_prompts)
+    baseline = load_reference_outputs(bcfg.reference_outputs, instructions)
+    prompts = load_judge_prompts(bcfg.judge_prompts)
+    settings = SampleSettings(bcfg.max_new_tokens, bcfg.temperature, bcfg.top_p, bcfg.batch_size, bcfg.seed)
+    chats = [[{"role": "user", "content": text}] for text in instructions]
+    outputs = {"policy": [s["text"] for s in sample(policy, tokenizer, chats, settings, eot_token)],
+               "reference": [s["text"] for s in sample(reference, tokenizer, chats, settings, eot_token)]}
+    order = np.random.default_rng(bcfg.seed).integers(0, 2, size=len(instructions))
+    judge = build_judge(bcfg.judge)
+    try:
+        judged = {side: judge_outputs(judge, prompts, instructions, outputs[side], baseline, order)
+                  for side in ("policy", "reference")}
+    finally:
+        judge.close()
+    result: dict = {"name": "alpaca_eval", "judge": judge.identity, "num_instructions": len(instructions),
+                    "judge_calls": judge.calls}
+    for side in ("policy", "reference"):
+        prefs = [j["preference"] for j in judged[side]]
+        try:
+            figures = alpaca_win_rate(prefs)
+        except ValueError:
+            figures = {"win_rate": None, "standard_error": None, "n_total": 0, "n_invalid": len(prefs)}
+        result.update({f"{side}_{k}": v for k, v in figures.items()})
+    scores = {side: [preference_outcome(j["preference"]) for j in judged[side]] for side in judged}
+    both = [i for i in range(len(instructions)) if scores["policy"][i] is not None and scores["reference"][i] is not None]
+    if not both:
+        raise DataError(f"alpaca_eval: no instruction got a valid verdict for both models "
+                        f"(invalid: policy {result['policy_n_invalid']}, reference {result['reference_n_invalid']})")
+    # Win rates in percent, like AlpacaEval, so the delta is in percentage points.
+    result.update(paired_delta([100 * scores["policy"][i] for i in both], [100 * scores["reference"][i] for i in both],
+                               samples=bcfg.bootstrap_samples, seed=bcfg.seed))
+    result["judge_malformed"] = {side: result[f"{side}_n_invalid"] for side in ("policy", "reference")}
+    items = []
+    for i, instruction in enumerate(instructions):
+        items.append({"instruction": instruction, "reference_output": baseline[i],
+                      **{f"{side}_output": outputs[side][i] for side in outputs},
+                      **{f"{side}_preference": judged[side][i]["preference"] for side in judged},
+                      **{f"{side}_judge_reply": judged[side][i]["judge_reply"] for side in judged},
+                      "model_first": judged["policy"][i]["model_first"]})
+    result["items"] = items
+    result["examples"] = [{k: v for k, v in it.items() if not k.endswith("judge_reply")} for it in items[:3]]
+    return result
