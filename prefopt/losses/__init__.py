@@ -7,6 +7,7 @@ Importing this package registers every built-in loss (one module per loss).
 import importlib
 import pkgutil
 
+from prefopt.losses.inputs import check_inputs, required_inputs, score_batch
 from prefopt.losses.registry import (
     EmptyCompletionError,
     LossConfigError,
@@ -24,7 +25,7 @@ from prefopt.losses.registry import (
     register_loss,
 )
 
-_NOT_LOSSES = {"registry", "common"}
+_NOT_LOSSES = {"registry", "common", "inputs"}
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _NOT_LOSSES and not _module.name.startswith("_"):
@@ -42,5 +43,6 @@ def load_plugins(modules) -> None:
 
 __all__ = [
     "EmptyCompletionError", "LossConfigError", "LossOutput", "LossSpec", "PairLogps", "UnknownLossError",
-    "UnpairedLogps", "aliases", "available", "call", "compute", "get", "load_plugins", "names", "register_loss",
+    "UnpairedLogps", "aliases", "available", "call", "check_inputs", "compute", "get", "load_plugins", "names",
+    "register_loss", "required_inputs", "score_batch",
 ]

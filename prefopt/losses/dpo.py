@@ -6,19 +6,18 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefopt.losses.common import logratios, reward_metrics
+from prefopt.losses.common import FDivergenceOptions, finish, prepare, reward_metrics, scores
 from prefopt.losses.registry import LossOutput, PairLogps, register_loss
 
 
 @dataclass
-class DPOHparams:
+class DPOHparams(FDivergenceOptions):
     beta: float = 0.1
     # cDPO's ε: the assumed probability that a preference label is flipped. 0 gives plain DPO.
     label_smoothing: float = 0.0
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta: must be > 0, got {self.beta}")
+        super().validate()
         if not 0.0 <= self.label_smoothing < 0.5:
             raise ValueError(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
 
@@ -39,14 +38,16 @@ def dpo(logps: PairLogps, hp: DPOHparams) -> LossOutput:
     h = [log π(y_w|x) - log π_ref(y_w|x)] - [log π(y_l|x) - log π_ref(y_l|x)]
     loss = -(1 - ε)·log σ(β·h) - ε·log σ(-β·h)
 
-    With ε = 0 this is Eq. 7 of the DPO paper; with ε > 0 it is conservative DPO (cDPO), exactly as in
-    the original DPO repository's ``preference_loss`` and TRL's ``sigmoid`` loss.
+    With ε = 0 this is Eq. 7 of the DPO paper (TRL's ``sigmoid``); with ε > 0 it is conservative DPO
+    (cDPO) as in the original DPO repository's ``preference_loss`` (TRL 1.16's ``sigmoid`` has no ε).
+    With an f-divergence, each log-ratio in h is replaced by f'(π/π_ref).
 
     Shapes: every input ``(B,)`` (per-sequence sums over completion tokens); returns losses ``(B,)``.
     Metrics: rewards/{chosen,rejected,margins,accuracies} with reward = β·log(π/π_ref), logps/*.
     """
-    chosen_lr, rejected_lr = logratios(logps)
-    h = chosen_lr - rejected_lr
+    logps = prepare(logps, hp)
+    chosen, rejected = scores(logps, hp)
+    h = chosen - rejected
     # logsigmoid is stable at ±50 margins where log(sigmoid(x)) underflows to -inf.
     losses = -(1 - hp.label_smoothing) * F.logsigmoid(hp.beta * h) - hp.label_smoothing * F.logsigmoid(-hp.beta * h)
-    return LossOutput(losses, reward_metrics(logps, hp.beta))
+    return LossOutput(finish(losses, logps, hp), reward_metrics(logps, hp.beta))

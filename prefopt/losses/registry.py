@@ -16,6 +16,15 @@ from torch import Tensor
 
 DataKind = Literal["paired", "unpaired", "sft"]
 
+# Inputs beyond per-sequence log-probs that a loss can ask the trainer for (``needs=`` or ``hp.needs()``):
+#   policy_tokens  -> extras["token_logps"] (N,) and extras["token_rows"] (N,): the policy's log-prob of each
+#                     completion token and the batch row it belongs to (rows of [chosen; rejected] for pairs).
+#   ref_tokens     -> extras["ref_token_logps"] (N,): the same tokens under the reference model.
+#   token_sq_probs -> extras["token_log_sum_sq_probs"] (N,): log Σ_v π(v|context)² at each completion token,
+#                     detached (WPO's weight normalizer).
+#   kl_pairs       -> UnpairedLogps.kl_policy / kl_ref: log-probs of mismatched (prompt, completion) pairs.
+INPUTS = ("policy_tokens", "ref_tokens", "token_sq_probs", "kl_pairs")
+
 
 @dataclass
 class PairLogps:
@@ -72,8 +81,16 @@ class LossSpec:
     aliases: tuple[str, ...] = ()
     trl_name: str | None = None
     paper: str = ""
-    # Losses with state across steps (e.g. BCO's running reward baseline) get a fresh dict per run.
+    # Losses with state across steps (e.g. BCO's running reward baseline) get a fresh dict per run and are
+    # called as ``fn(logps, hp, state, training)``; state only moves when ``training`` is true.
     stateful: bool = False
+    # Extra inputs (see INPUTS) the loss always needs; an hparams dataclass may narrow or widen this per
+    # configuration through a ``needs() -> set[str]`` method (e.g. WPO weighting only when switched on).
+    needs: tuple[str, ...] = ()
+
+    def required_inputs(self, hp: Any) -> frozenset[str]:
+        extra = hp.needs() if hasattr(hp, "needs") else ()
+        return frozenset(self.needs) | frozenset(extra)
 
     @property
     def doc(self) -> str:
@@ -150,6 +167,7 @@ def register_loss(
     trl_name: str | None = None,
     paper: str = "",
     stateful: bool = False,
+    needs: tuple[str, ...] = (),
 ) -> Callable:
     """Register ``fn(logps, hp) -> LossOutput`` under ``name`` (and its aliases).
 
@@ -161,12 +179,16 @@ def register_loss(
         raise TypeError(f"register_loss({name!r}): hparams must be a dataclass")
     if data not in ("paired", "unpaired", "sft"):
         raise ValueError(f"register_loss({name!r}): data must be paired, unpaired or sft, not {data!r}")
+    unknown = set(needs) - set(INPUTS)
+    if unknown:
+        raise ValueError(f"register_loss({name!r}): unknown needs {sorted(unknown)}; known: {', '.join(INPUTS)}")
 
     def decorate(fn: Callable) -> Callable:
         for key in (name, *aliases):
             if key in _REGISTRY or key in _ALIASES:
                 raise ValueError(f"loss name {key!r} is already registered")
-        spec = LossSpec(name, fn, hparams, needs_reference, data, tuple(aliases), trl_name, paper, stateful)
+        spec = LossSpec(name, fn, hparams, needs_reference, data, tuple(aliases), trl_name, paper, stateful,
+                        tuple(needs))
         _REGISTRY[name] = spec
         for alias in aliases:
             _ALIASES[alias] = name
@@ -208,6 +230,8 @@ def available() -> list[dict[str, Any]]:
                 aliases=list(spec.aliases),
                 trl_name=spec.trl_name,
                 paper=spec.paper,
+                needs=list(spec.needs),
+                stateful=spec.stateful,
                 hparams={f.name: f.default for f in dataclasses.fields(spec.hparams)},
             )
         )
@@ -217,18 +241,29 @@ def available() -> list[dict[str, Any]]:
 def compute(
     name: str,
     *,
-    policy_chosen_logps: Tensor,
+    policy_chosen_logps: Tensor | None = None,
     policy_rejected_logps: Tensor | None = None,
     ref_chosen_logps: Tensor | None = None,
     ref_rejected_logps: Tensor | None = None,
     chosen_lengths: Tensor | None = None,
     rejected_lengths: Tensor | None = None,
+    policy_logps: Tensor | None = None,
+    ref_logps: Tensor | None = None,
+    desirable: Tensor | None = None,
+    lengths: Tensor | None = None,
+    kl_policy_logps: Tensor | None = None,
+    kl_ref_logps: Tensor | None = None,
+    extras: dict[str, Tensor] | None = None,
     state: dict | None = None,
+    training: bool = True,
     **hyperparameters: Any,
 ) -> LossOutput:
-    """Functional entry point for notebooks: per-example losses and metrics for a paired/SFT loss.
+    """Functional entry point for notebooks: per-example losses and metrics of any registered loss.
 
-    Example::
+    Paired and SFT losses take ``policy_chosen_logps`` (and ``policy_rejected_logps``, ``ref_*``,
+    ``*_lengths``); unpaired losses take ``policy_logps``, ``ref_logps``, ``desirable``, ``lengths`` and,
+    for KTO, ``kl_policy_logps``/``kl_ref_logps``. Token-level inputs for modifiers (WPO, LD-DPO) go in
+    ``extras`` (see ``INPUTS``). Every tensor is ``(B,)``; hyperparameters are keyword arguments. Example::
 
         out = prefopt.losses.compute("dpo", policy_chosen_logps=pc, policy_rejected_logps=pr,
                                      ref_chosen_logps=rc, ref_rejected_logps=rr, beta=0.1)
@@ -236,23 +271,51 @@ def compute(
     """
     spec = get(name)
     hp = spec.make_hparams(hyperparameters, where=name)
-    logps = PairLogps(
-        policy_chosen=policy_chosen_logps,
-        policy_rejected=policy_rejected_logps,
-        ref_chosen=ref_chosen_logps,
-        ref_rejected=ref_rejected_logps,
-        chosen_lengths=chosen_lengths,
-        rejected_lengths=rejected_lengths,
-    )
-    if spec.needs_reference and (ref_chosen_logps is None or (spec.data == "paired" and ref_rejected_logps is None)):
-        raise LossConfigError(f"loss {spec.name!r} needs ref_chosen_logps and ref_rejected_logps")
-    return call(spec, logps, hp, state)
+    if spec.data == "unpaired":
+        if policy_logps is None or desirable is None or lengths is None:
+            raise LossConfigError(f"loss {spec.name!r} is unpaired: pass policy_logps, desirable and lengths")
+        logps: Any = UnpairedLogps(policy=policy_logps, desirable=desirable.bool(), lengths=lengths, ref=ref_logps,
+                                   kl_policy=kl_policy_logps, kl_ref=kl_ref_logps, extras=dict(extras or {}))
+        missing_ref = spec.needs_reference and ref_logps is None
+    else:
+        if policy_chosen_logps is None:
+            raise LossConfigError(f"loss {spec.name!r} needs policy_chosen_logps")
+        logps = PairLogps(
+            policy_chosen=policy_chosen_logps,
+            policy_rejected=policy_rejected_logps,
+            ref_chosen=ref_chosen_logps,
+            ref_rejected=ref_rejected_logps,
+            chosen_lengths=chosen_lengths,
+            rejected_lengths=rejected_lengths,
+            extras=dict(extras or {}),
+        )
+        if spec.data == "paired" and policy_rejected_logps is None:
+            raise LossConfigError(f"loss {spec.name!r} is paired: pass policy_rejected_logps too")
+        missing_ref = spec.needs_reference and (ref_chosen_logps is None or ref_rejected_logps is None)
+    if missing_ref:
+        raise LossConfigError(f"loss {spec.name!r} needs the reference log-probs (ref_*_logps)")
+    return call(spec, logps, hp, state if state is not None else {}, training=training)
 
 
-def call(spec: LossSpec, logps: Any, hp: Any, state: dict | None = None) -> LossOutput:
-    """Run a loss with the checks every loss shares: lengths must be positive, outputs finite-shaped."""
+_INPUT_FIELDS = {
+    "policy_tokens": ("extras", "token_logps", "token_rows"),
+    "ref_tokens": ("extras", "ref_token_logps"),
+    "token_sq_probs": ("extras", "token_log_sum_sq_probs"),
+    "kl_pairs": ("attr", "kl_policy", "kl_ref"),
+}
+
+
+def call(spec: LossSpec, logps: Any, hp: Any, state: dict | None = None, *, training: bool = True) -> LossOutput:
+    """Run a loss with the checks every loss shares: positive lengths, declared inputs present, (B,) output."""
     _check_lengths(logps)
-    out = spec.fn(logps, hp, state) if spec.stateful else spec.fn(logps, hp)
+    for need in spec.required_inputs(hp):
+        where, *keys = _INPUT_FIELDS[need]
+        present = [(k in logps.extras) if where == "extras" else getattr(logps, k, None) is not None for k in keys]
+        if not all(present):
+            raise LossConfigError(
+                f"loss {spec.name!r} with {hp} needs input {need!r} ({', '.join(keys)}), which was not provided"
+            )
+    out = spec.fn(logps, hp, state if state is not None else {}, training) if spec.stateful else spec.fn(logps, hp)
     if out.losses.dim() != 1:
         raise RuntimeError(f"loss {spec.name!r} returned losses of shape {tuple(out.losses.shape)}, expected (B,)")
     return out
