@@ -64,14 +64,15 @@ def drop_empty(row: dict) -> bool:
 
 @register_filter("wrong_case")
 def drop_wrong_case(row: dict) -> bool:
-    """The trained-towards answer starts with a lower-case letter: UltraChat's most common casing defect,
-    which ultrachat_200k fixed for Zephyr-β. Only the positive side is checked: a badly cased rejected
-    answer is something to move away from."""
+    """The trained-towards answer is prose that starts with a lower-case word: UltraChat's most common
+    casing defect, which ultrachat_200k fixed for Zephyr-β. "Prose" = a first line of at least four
+    words, so one-word task answers ("no", "negative") and labels ("c) 5000") are kept. Only the positive
+    side is checked: a badly cased rejected answer is something to move away from."""
     text = _positive(row)
-    if not text:
+    if not text or not text.strip():
         return False
-    first = text.lstrip()[:1]
-    return first.isalpha() and first.islower()
+    first_line = text.strip().split("\n", 1)[0].split()
+    return len(first_line) >= 4 and first_line[0].isalpha() and first_line[0].islower()
 
 
 # Openers that announce the model rather than answer: the responses Zephyr-β's data filtering removed
