@@ -64,11 +64,31 @@ class DatasetConfig:
 
 
 @dataclass
+class LoraConfig:
+    # LoRA adapters of the policy under reference=adapter_off (peft): rank, scale numerator, dropout.
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # Module names that get adapters; the default covers Llama/Mistral/SmolLM2 attention and MLP.
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
 class ReferenceConfig:
-    # frozen: a frozen copy of the initial policy. none: reference-free (error if the loss needs one).
+    # frozen | none | precomputed | checkpoint | adapter_off | sync (see prefopt/reference.py).
     kind: str = "frozen"
-    # For kind=checkpoint: the reference model's hub id or path.
+    # kind=checkpoint: the reference model's hub id or path; kind=precomputed: optional, else the
+    # initial policy is the reference.
     name_or_path: str | None = None
+    # kind=precomputed: where cached reference log-probs live; null = $PREFOPT_CACHE/reflogps.
+    cache_dir: str | None = None
+    # kind=sync (TR-DPO): every sync_steps optimizer steps, ref <- alpha*policy + (1-alpha)*ref.
+    sync_alpha: float = 0.6
+    sync_steps: int = 16
+    # kind=adapter_off: the LoRA adapters trained on top of the shared base weights.
+    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -99,6 +119,11 @@ class TrainerConfig:
     log_every: int = 1
     save_model: bool = True
     progress_bar: bool = True
+    # Batch pairs of similar length (shuffled within windows of 50 batches, then the batches shuffled)
+    # to cut padding; the set of pairs per epoch is unchanged. false = plain shuffled order.
+    group_by_length: bool = True
+    # Run each pair's prompt once for chosen and rejected (packed rows, block attention mask).
+    share_prompt: bool = True
     # Write a resumable checkpoint (model, optimizer, scheduler, RNG, data position, metrics offset) every
     # N optimizer steps into <run_dir>/checkpoints/; 0 = none.
     checkpoint_every: int = 0
