@@ -104,9 +104,10 @@ def read_table(path: str, split: str | None = None, *, where: str = "dataset.pat
 def _read_local(path: Path, where: str) -> list[dict[str, Any]]:
     name = path.name
     if name.endswith(".parquet"):
-        import pandas as pd
+        import pyarrow.parquet as pq
 
-        return pd.read_parquet(path).to_dict(orient="records")
+        # pyarrow gives plain lists and dicts; pandas would turn message lists into numpy arrays.
+        return pq.read_table(path).to_pylist()
     opener = open
     if name.endswith(".gz"):
         import gzip
