@@ -160,7 +160,7 @@ def build_datasets(dcfg, tokenizer, kind: str, eot_token: str | None = None) -> 
         rows = check_nonempty(rows, COMPLETION_KEYS[kind], counts[split], getattr(dcfg, "bad_rows", "error"))
         entry = None
         if use_cache:
-            key = tokenized_cache.fingerprint(tokenizer, eot, settings, kind, filters, rows)
+            key = tokenized_cache.fingerprint(tokenizer, eot, settings, kind, rows)
             entry = cache_dir / f"{key}.npz"
             hit = tokenized_cache.load(entry)
             if hit is not None:

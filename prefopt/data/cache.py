@@ -3,8 +3,9 @@
 An entry is keyed by a fingerprint of everything that decides the token ids: the tokenizer (its full
 serialized vocabulary, merges, normalizer and added tokens), its special tokens and BOS behaviour, the
 chat template, the end-of-turn token, max_length / max_prompt_length, the data kind, the conventions'
-version, and the normalized rows themselves after filtering (so a changed file, option or filter is a
-different entry without any path or mtime bookkeeping). The entry also stores the tokenizer's counts
+version, and the normalized rows themselves after filtering (so a changed file, loader option or filter
+is a different entry without any path or mtime bookkeeping; two filter lists that leave the same rows,
+e.g. the zephyr_alpha and zephyr_beta variants on a split beta's filters do not touch, share an entry). The entry also stores the tokenizer's counts
 (truncations, drops), so a cache hit reports exactly what a miss would.
 
 Entries are ``<cache_dir>/<fingerprint>.npz``, written with ``prefopt.io.atomic_write_bytes``: jobs of a
@@ -59,7 +60,7 @@ def rows_fingerprint(rows: list[dict[str, Any]]) -> str:
     return h.hexdigest()
 
 
-def fingerprint(tokenizer, eot: str, settings, kind: str, filters: list[str], rows: list[dict]) -> str:
+def fingerprint(tokenizer, eot: str, settings, kind: str, rows: list[dict]) -> str:
     key = {
         "conventions": CONVENTIONS_VERSION,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -67,7 +68,6 @@ def fingerprint(tokenizer, eot: str, settings, kind: str, filters: list[str], ro
         "max_length": settings.max_length,
         "max_prompt_length": settings.max_prompt_length,
         "kind": kind,
-        "filters": list(filters),
         "rows": rows_fingerprint(rows),
     }
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
