@@ -45,7 +45,10 @@ def registered_losses() -> set[str]:
 
 
 def multirun(name: str, overrides: list[str]) -> None:
-    cmd = [sys.executable, "-m", "prefopt.train", "-m", *COMMON, *overrides, f"hydra.sweep.dir={RUNS / name}"]
+    # Job folders are numbered only: the full override list would exceed the 255-byte name limit
+    # (each job's .hydra/overrides.yaml and config.yaml still record everything).
+    cmd = [sys.executable, "-m", "prefopt.train", "-m", *COMMON, *overrides, f"hydra.sweep.dir={RUNS / name}",
+           "hydra.sweep.subdir=${hydra.job.num}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
 

@@ -1,0 +1,108 @@
+"""A fake OpenAI-compatible judge on 127.0.0.1 for the judge tests (never contacts anything else).
+
+    python tests/fake_judge_server.py PORT_FILE [API_KEY]
+
+POST /v1/chat/completions grades what it is shown, deterministically:
+- a FastChat pairwise prompt ("[The Start of Assistant A's Answer]"): the longer answer wins ("[[A]]" or
+  "[[B]]"), equal lengths tie ("[[C]]");
+- a single-answer prompt: "Rating: [[r]]" with r = 1 + (number of words in the graded answer) % 10.
+Markers inside the graded text drive the failure paths: MALFORMED_ALWAYS (a reply without a rating,
+every time), MALFORMED_ONCE (malformed the first time this exact prompt is seen), RATE_LIMIT_ONCE
+(HTTP 429 with Retry-After: 0 the first time), SERVER_ERROR_ONCE (HTTP 500 the first time), SLOW (sleeps
+2 s before answering). A wrong or missing bearer key gets HTTP 401. GET /stats returns the number of
+chat requests received, so tests can prove the cache spared a rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+STATE = {"requests": 0, "seen": {}}
+LOCK = threading.Lock()
+API_KEY = sys.argv[2] if len(sys.argv) > 2 else "test-key"
+
+
+def graded_answer(prompt: str) -> str:
+    single = re.search(r"\[The Start of Assistant's Answer\]\n(.*?)\n\[The End of Assistant's Answer\]", prompt, re.S)
+    if single:
+        return single.group(1)
+    turns = re.findall(r"### Assistant A:\n(.*?)\n\n(?:### User:|<\|The End)", prompt, re.S)
+    return turns[-1] if turns else prompt
+
+
+class Handler(BaseHTTPRequestHandler):
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _send(self, code: int, payload: dict, headers: dict | None = None) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self):
+        if self.path == "/stats":
+            with LOCK:
+                self._send(200, {"requests": STATE["requests"]})
+        else:
+            self._send(404, {"error": "not found"})
+
+    def do_POST(self):
+        if self.path != "/v1/chat/completions":
+            self._send(404, {"error": {"message": f"no route {self.path}"}})
+            return
+        length = int(self.headers.get("Content-Length", 0))
+        request = json.loads(self.rfile.read(length))
+        with LOCK:
+            STATE["requests"] += 1
+        if self.headers.get("Authorization") != f"Bearer {API_KEY}":
+            self._send(401, {"error": {"message": "invalid api key"}})
+            return
+        prompt = request["messages"][-1]["content"]
+        with LOCK:
+            seen = STATE["seen"].get(prompt, 0)
+            STATE["seen"][prompt] = seen + 1
+        if "SLOW" in prompt:
+            time.sleep(2)
+        if "RATE_LIMIT_ONCE" in prompt and seen == 0:
+            self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
+            return
+        if "SERVER_ERROR_ONCE" in prompt and seen == 0:
+            self._send(500, {"error": {"message": "boom"}})
+            return
+        if "MALFORMED_ALWAYS" in prompt or ("MALFORMED_ONCE" in prompt and seen == 0):
+            reply = "Both answers have merit; I would rather not give a number."
+        elif "[The Start of Assistant A's Answer]" in prompt:
+            a = re.search(r"\[The Start of Assistant A's Answer\]\n(.*?)\n\[The End of Assistant A's Answer\]", prompt, re.S)
+            b = re.search(r"\[The Start of Assistant B's Answer\]\n(.*?)\n\[The End of Assistant B's Answer\]", prompt, re.S)
+            la, lb = len(a.group(1)), len(b.group(1))
+            reply = "The longer one is better. " + ("[[A]]" if la > lb else "[[B]]" if lb > la else "[[C]]")
+        else:
+            words = len(graded_answer(prompt).split())
+            reply = f"Fine. Rating: [[{1 + words % 10}]]"
+        self._send(200, {"id": "fake", "object": "chat.completion", "model": request.get("model"),
+                         "choices": [{"index": 0, "message": {"role": "assistant", "content": reply},
+                                      "finish_reason": "stop"}]})
+
+
+def main() -> None:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    with open(sys.argv[1] + ".tmp", "w") as fh:
+        fh.write(str(server.server_address[1]))
+    import os
+
+    os.replace(sys.argv[1] + ".tmp", sys.argv[1])
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""The judged benchmarks end to end on model=tiny: MT-Bench and AlpacaEval against the fake HTTP judge
+(a real server process on 127.0.0.1), MT-Bench with the local-model judge, and sentiment prompts from
+IMDb reviews."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prefopt.benchmarks import UnknownBenchmarkError, get
+from prefopt.data.registry import DataError
+from prefopt.judges import LocalJudge
+from prefopt.judges.prompts import parse_rating
+from tests.conftest import compose
+from tests.test_judge_http import judge_server  # noqa: F401  (the fixture)
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    from prefopt.models import load_model, load_tokenizer
+
+    tokenizer = load_tokenizer("tiny", None, False)
+    reference = load_model("tiny", "float32", False).eval()
+    policy = load_model("tiny", "float32", False).eval()
+    # A policy that differs from its reference, so the two answer differently.
+    with torch.no_grad():
+        generator = torch.Generator().manual_seed(0)
+        for param in policy.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=generator))
+    return policy, reference, tokenizer
+
+
+def http_overrides(url, tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKE_JUDGE_KEY", "test-key")
+    return ["judge=http", f"benchmark.judge.base_url={url}", "benchmark.judge.model=fake-judge",
+            "benchmark.judge.api_key_env=FAKE_JUDGE_KEY", f"benchmark.judge.cache_dir={tmp_path / 'judgments'}",
+            "benchmark.max_new_tokens=6", "benchmark.bootstrap_samples=200"]
+
+
+def test_mt_bench_with_http_judge(judge_server, tiny_models, shared_data, tmp_path, monkeypatch):  # noqa: F811
+    policy, reference, tokenizer = tiny_models
+    questions = [json.loads(line) for line in (shared_data / "mt_bench" / "question.jsonl").read_text().splitlines()]
+    # A writing question (generic grading prompt) and a math one (graded against GPT-4's reference answer).
+    picked = [q for q in questions if q["question_id"] in (81, 111)]
+    qfile = tmp_path / "questions.jsonl"
+    qfile.write_text("".join(json.dumps(q) + "\n" for q in picked))
+    bcfg = compose(["benchmark=mt_bench", f"benchmark.prompts={qfile}",
+                    f"benchmark.judge_prompts={shared_data / 'mt_bench' / 'judge_prompts.jsonl'}",
+                    f"benchmark.reference_answers={shared_data / 'mt_bench' / 'reference_answer_gpt-4.jsonl'}",
+                    *http_overrides(judge_server, tmp_path, monkeypatch)]).benchmark
+    result = get("mt_bench")(policy, reference, tokenizer, bcfg, "<|im_end|>")
+    assert result["num_questions"] == 2 and result["judged_turns"] == 4 and result["missing_reference_answers"] == 0
+    assert result["judge_calls"] == 8 and result["judge_malformed"] == {"policy": 0, "reference": 0}
+    items = result["items"]
+    assert [(i["question_id"], i["turn"]) for i in items] == [(81, 1), (81, 2), (111, 1), (111, 2)]
+    for item in items:
+        for side in ("policy", "reference"):
+            # The fake judge rates 1 + (words of the graded answer) % 10: each grade is the right answer's.
+            assert item[f"{side}_score"] == 1 + len(item[f"{side}_answer"].split()) % 10, item
+    assert result["policy_score"] == pytest.approx(sum(i["policy_score"] for i in items) / 4)
+    assert result["delta"] == pytest.approx(result["policy_score"] - result["reference_score"])
+    assert result["delta_ci_low"] <= result["delta"] <= result["delta_ci_high"]
+    # Rerun: every judgment comes from the cache.
+    again = get("mt_bench")(policy, reference, tokenizer, bcfg, "<|im_end|>")
+    assert again["judge_calls"] == 0 and again["delta"] == result["delta"]
+
+
+def test_alpaca_eval_with_http_judge(judge_server, tiny_models, shared_data, tmp_path, monkeypatch):  # noqa: F811
+    policy, reference, tokenizer = tiny_models
+    data = shared_data / "alpaca_eval"
+    bcfg = compose(["benchmark=alpaca_eval", f"benchmark.prompts={data / 'text_davinci_003_model_outputs.json'}",
+                    f"benchmark.reference_outputs={data / 'text_davinci_003_model_outputs.json'}",
+                    f"benchmark.judge_prompts={shared_data / 'mt_bench' / 'judge_prompts.jsonl'}",
+                    "benchmark.num_prompts=6", *http_overrides(judge_server, tmp_path, monkeypatch)]).benchmark
+    result = get("alpaca_eval")(policy, reference, tokenizer, bcfg, "<|im_end|>")
+    items = result["items"]
+    assert len(items) == 6 and {i["model_first"] for i in items} == {True, False}  # both positions used
+    # The fake judge prefers the longer answer; text_davinci_003's answers are far longer than 6 tiny
+    # tokens, so the reference output set wins everywhere, whichever side the model was shown on.
+    assert all(i["policy_preference"] == 1.0 and i["reference_preference"] == 1.0 for i in items)
+    assert result["policy_win_rate"] == 0.0 and result["policy_n_total"] == 6 and result["policy_n_wins_base"] == 6
+    assert result["delta"] == 0.0 and result["judge_calls"] == 12
+
+
+def test_mt_bench_with_local_tiny_judge(tiny_models, shared_data, tmp_path):
+    """A random 2-layer model cannot follow FastChat's format: every reply is malformed, retried, counted,
+    and the benchmark refuses to invent a score."""
+    judge = LocalJudge("tiny", max_new_tokens=8, parse_retries=1, cache_path=tmp_path / "local.jsonl")
+    messages = [{"role": "user", "content": "Rate this answer from 1 to 10: [[rating]]. Answer: hello"}]
+    verdict = judge.judge(messages, parse_rating)
+    assert verdict.malformed and verdict.attempts == 2 and judge.calls == 2 and isinstance(verdict.reply, str)
+    judge.close()
+    rerun = LocalJudge("tiny", max_new_tokens=8, parse_retries=1, cache_path=tmp_path / "local.jsonl")
+    again = rerun.judge(messages, parse_rating)
+    assert again.reply == verdict.reply and rerun.calls == 0 and rerun._model is None  # never loaded
+
+    policy, reference, tokenizer = tiny_models
+    bcfg = compose(["benchmark=mt_bench", "judge=local", "benchmark.judge.model=tiny", "benchmark.judge.max_tokens=8",
+                    "benchmark.judge.parse_retries=1", f"benchmark.judge.cache_dir={tmp_path / 'j'}",
+                    f"benchmark.prompts={shared_data / 'mt_bench' / 'question.jsonl'}",
+                    f"benchmark.judge_prompts={shared_data / 'mt_bench' / 'judge_prompts.jsonl'}",
+                    f"benchmark.reference_answers={shared_data / 'mt_bench' / 'reference_answer_gpt-4.jsonl'}",
+                    "benchmark.num_prompts=1", "benchmark.max_new_tokens=4"]).benchmark
+    with pytest.raises(DataError, match=r"malformed 2 \+ 2 times"):
+        get("mt_bench")(policy, reference, tokenizer, bcfg, "<|im_end|>")
+
+
+def test_judged_benchmarks_need_a_judge(tiny_models):
+    policy, reference, tokenizer = tiny_models
+    for name in ("mt_bench", "alpaca_eval"):
+        with pytest.raises(DataError, match="needs a judge"):
+            get(name)(policy, reference, tokenizer, compose([f"benchmark={name}"]).benchmark, None)
+    with pytest.raises(UnknownBenchmarkError, match="benchmark.name='mmlu'"):
+        get("mmlu")
+
+
+def test_sentiment_prompts_from_imdb_reviews(shared_data):
+    from prefopt.benchmarks.sentiment import REVIEW_INSTRUCTION, prompts_from_config
+
+    path = shared_data / "imdb" / "aclImdb_test_subset_5000.jsonl"
+    bcfg = compose(["benchmark=sentiment", f"benchmark.prompts={path}", "benchmark.num_prompts=5",
+                    "benchmark.prefix_words=6"]).benchmark
+    prompts = prompts_from_config(bcfg)
+    first = json.loads(path.read_text().splitlines()[0])["text"]
+    assert len(prompts) == 5
+    assert prompts[0][0]["content"] == REVIEW_INSTRUCTION + " ".join(first.split()[:6])
+    assert all("<br" not in p[0]["content"] and len(p[0]["content"].split()) == 4 + 6 for p in prompts)
+
+
+def test_sentiment_prompts_bad_rows_are_named(tmp_path):
+    from prefopt.benchmarks.sentiment import prompts_from_config
+
+    bad = tmp_path / "p.jsonl"
+    bad.write_text('{"prompt": "ok"}\n{"title": 3}\n')
+    with pytest.raises(DataError, match="row 1 has neither"):
+        prompts_from_config(compose(["benchmark=sentiment", f"benchmark.prompts={bad}"]).benchmark)
