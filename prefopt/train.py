@@ -12,7 +12,6 @@ final model + tokenizer (safetensors). ``run(cfg)`` does the work; ``main`` is H
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -29,14 +28,26 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt import checkpoint, faults, losses
 from prefopt import data as data_lib
-from prefopt import losses
 from prefopt.config import register_configs
 from prefopt.data.collate import collate
-from prefopt.io import JsonlWriter, RunFileError, atomic_write_json, atomic_write_text
+from prefopt.distributed import (
+    DistributedConfigError,
+    backward_scale,
+    gathered_state_dict,
+    make_accelerator,
+    micro_step,
+    prepare_reference,
+    reduce_sums,
+    step_plan,
+    uses_deepspeed,
+)
+from prefopt.io import RunFileError, atomic_write_json, atomic_write_text
 from prefopt.logps import SequenceScorer
 from prefopt.models import ModelLoadError, load_model, load_tokenizer, package_versions
 from prefopt.reference import ReferenceConfigError, build_reference, prepare_policy
+from prefopt.sinks import SinkConfigError, build_sinks, install_log_redaction, redact
 
 log = logging.getLogger("prefopt.train")
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
@@ -46,10 +57,15 @@ class ConfigError(ValueError):
     pass
 
 
+class JobFailed(RuntimeError):
+    """A sweep job that stopped on a user error; its one-line message is what sweep.json records."""
+
+
 # Errors that are the user's input, not a bug: reported as one line, no traceback.
 USER_ERRORS = (ConfigError, losses.LossConfigError, losses.UnknownLossError, data_lib.DataError,
                data_lib.UnknownDatasetError, ModelLoadError, ReferenceConfigError, RunFileError,
-               losses.EmptyCompletionError)
+               losses.EmptyCompletionError, checkpoint.CheckpointError, faults.NonFiniteError,
+               DistributedConfigError, SinkConfigError)
 
 
 @dataclass
@@ -75,6 +91,22 @@ def check_config(cfg: DictConfig) -> None:
         (cfg.trainer.grad_accum >= 1, f"trainer.grad_accum={cfg.trainer.grad_accum}: must be >= 1"),
         (cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every}: must be >= 0"),
         (len(cfg.loss) > 0, "loss: no loss configured; pick one, e.g. loss=dpo"),
+        (cfg.trainer.on_nonfinite in ("stop", "skip"),
+         f"trainer.on_nonfinite={cfg.trainer.on_nonfinite!r}: must be stop or skip"),
+        (cfg.trainer.checkpoint_every >= 0, f"trainer.checkpoint_every={cfg.trainer.checkpoint_every}: must be >= 0"),
+        (cfg.trainer.keep_last >= 0, f"trainer.keep_last={cfg.trainer.keep_last}: must be >= 0"),
+        (cfg.logger.name in ("jsonl", "wandb"), f"logger.name={cfg.logger.name!r}: must be jsonl or wandb"),
+        (cfg.logger.mode in ("auto", "online", "offline", "disabled"),
+         f"logger.mode={cfg.logger.mode!r}: must be auto, online, offline or disabled"),
+        # Checkpoints hold full weights and the optimizer's state; under DeepSpeed both are partitioned.
+        (cfg.deepspeed is None or cfg.trainer.checkpoint_every == 0,
+         "trainer.checkpoint_every: resumable checkpoints are not supported with deepspeed yet; use DDP or "
+         "set trainer.checkpoint_every=0"),
+        # The end-of-run benchmark generates on rank 0 alone; ZeRO-3 weights live on every rank.
+        (cfg.deepspeed is None or cfg.benchmark.name == "none" or
+         cfg.deepspeed.get("zero_optimization", {}).get("stage") != 3,
+         "benchmark: not run inside a deepspeed=zero3 training; set benchmark=none and run "
+         "`python -m prefopt.evaluate` on the saved model"),
     ]
     for ok, message in checks:
         if not ok:
@@ -149,33 +181,42 @@ def batches(rows: list[dict], batch_size: int, shuffle: bool, seed: int, group_b
         yield [rows[i] for i in chunk]
 
 
+def step_groups(rows: list[dict], cfg, world: int, epoch: int) -> list[list[dict]]:
+    """The examples of each optimizer step of an epoch: ``grad_accum * processes`` consecutive micro-batches
+    of the seeded order, so the global batch is ``batch_size * grad_accum * processes`` and the steps of
+    N processes with ``batch_size = B / N`` are those of one process with ``B``."""
+    micro = list(batches(rows, cfg.trainer.batch_size, True, cfg.seed + epoch, cfg.trainer.group_by_length))
+    per_step = cfg.trainer.grad_accum * world
+    return [[row for chunk in micro[i:i + per_step] for row in chunk] for i in range(0, len(micro), per_step)]
+
+
+def weighted_sum(value: torch.Tensor, weights: torch.Tensor) -> float:
+    """Sum over this micro-batch's real examples of a per-example metric (a scalar metric counts once per
+    example), so that sums over ranks divided by the global count are exact means."""
+    value = value.detach().float()
+    if value.numel() == weights.numel():
+        return float((value.reshape(-1) * weights).sum())
+    return float(value.mean()) * float(weights.sum())
+
+
+def tokens_of(batch: dict, weights: torch.Tensor) -> float:
+    """Non-padding tokens of the real examples of a collated batch (paired batches hold 2 rows each)."""
+    per_row = batch["attention_mask"].sum(-1).float()
+    return float((per_row.view(-1, weights.numel()) * weights).sum())
+
+
 def row_length(row: dict) -> int:
     # The padded width a row forces on its batch: prompt plus its longest completion.
     return len(row["prompt_ids"]) + max(len(v) for k, v in row.items() if k.endswith("_ids") and k != "prompt_ids")
 
 
-def compute_losses(terms: list[LossTerm], kind: str, policy_out, ref_out, batch) -> tuple[torch.Tensor, dict]:
-    """Weighted sum of the configured losses over one batch; returns per-example losses and metrics."""
-    policy_logps, lengths = policy_out
-    if kind == "unpaired":
-        logps = losses.UnpairedLogps(policy=policy_logps, desirable=batch["desirable"], lengths=lengths,
-                                     ref=None if ref_out is None else ref_out[0])
-    else:
-        n = batch["n_examples"]
-        ref_logps = None if ref_out is None else ref_out[0]
-        paired = kind == "paired"
-        logps = losses.PairLogps(
-            policy_chosen=policy_logps[:n],
-            policy_rejected=policy_logps[n:] if paired else None,
-            ref_chosen=None if ref_logps is None else ref_logps[:n],
-            ref_rejected=None if ref_logps is None or not paired else ref_logps[n:],
-            chosen_lengths=lengths[:n],
-            rejected_lengths=lengths[n:] if paired else None,
-        )
+def compute_losses(terms: list[LossTerm], logps, training: bool) -> tuple[torch.Tensor, dict]:
+    """Weighted sum of the configured losses over one batch; returns per-example losses and metrics.
+    ``training`` lets stateful losses (BCO's running baseline) move their state only on train batches."""
     total = None
     metrics: dict[str, torch.Tensor] = {}
     for term in terms:
-        out = losses.call(term.spec, logps, term.hparams, term.state)
+        out = losses.call(term.spec, logps, term.hparams, term.state, training=training)
         total = term.weight * out.losses if total is None else total + term.weight * out.losses
         for key, value in out.metrics.items():
             metrics.setdefault(key, value)
@@ -189,24 +230,29 @@ def mean_metrics(metrics: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 @torch.no_grad()
-def evaluate(scorer, reference, terms, kind, rows, cfg, pad_id, device) -> dict[str, float]:
-    """Held-out loss and rewards/*, logps/* averaged over every eval example (not batch means)."""
+def evaluate(scorer, reference, terms, kind, rows, cfg, pad_id, device, accelerator=None) -> dict[str, float]:
+    """Held-out loss and rewards/*, logps/* averaged over every eval example (not batch means). With several
+    processes each scores a disjoint share of the rows and the sums are reduced."""
     if not rows:
         return {}
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    ordered = [row for chunk in batches(rows, cfg.trainer.eval_batch_size, False, 0, cfg.trainer.group_by_length)
+               for row in chunk]
     scorer.eval()
     sums: dict[str, float] = {}
-    count = 0
-    for chunk in batches(rows, cfg.trainer.eval_batch_size, False, 0, cfg.trainer.group_by_length):
-        batch = to_device(collate(chunk, pad_id, kind), device)
-        policy_out = scorer(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                            n_pairs=batch["n_examples"] if kind == "paired" else None)
-        ref_out = reference.logps(batch)
-        per_example, metrics = compute_losses(terms, kind, policy_out, ref_out, batch)
-        n = len(chunk)
+    count = 0.0
+    for micro in step_plan(ordered, world, rank, cfg.trainer.eval_batch_size):
+        batch = to_device(collate(micro.rows, pad_id, kind), device)
+        logps = losses.score_batch(scorer, reference, batch, kind, losses.required_inputs(terms))
+        per_example, metrics = compute_losses(terms, logps, training=False)
+        weights = micro.weights.to(per_example.device)
         for key, value in {"loss": per_example, **metrics}.items():
-            sums[key] = sums.get(key, 0.0) + float(value.float().mean()) * n
-        count += n
+            sums[key] = sums.get(key, 0.0) + weighted_sum(value, weights)
+        count += micro.n_real
     scorer.train()
+    if accelerator is not None:
+        sums, count = reduce_sums(accelerator, sums, count)
     return {f"eval/{k}": v / count for k, v in sums.items()}
 
 
@@ -236,19 +282,26 @@ def peak_rss_mb() -> float:
 
 def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices: dict | None = None) -> dict:
     """Train, evaluate, benchmark and write the run directory. Returns the summary dict."""
-    from accelerate import Accelerator
-
     wall_start = time.perf_counter()
     check_config(cfg)
     terms = build_loss_terms(cfg)
     kind = data_kind(terms)
     needs_reference = any(t.spec.needs_reference for t in terms)
+    needs = losses.required_inputs(terms)  # e.g. per-token log-probs for WPO/LD-DPO, KL pairs for KTO
+    losses.check_inputs(needs, cfg.trainer.batch_size, cfg.reference.kind)
     run_dir = Path(run_dir or cfg.run_dir or "runs/manual")
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    # DDP when launched with several processes, DeepSpeed with deepspeed=zero2|zero3 (prefopt/distributed.py).
+    accelerator = make_accelerator(cfg)
     device = accelerator.device
+    world, rank = accelerator.num_processes, accelerator.process_index
     set_seed(cfg.seed)
     is_main = accelerator.is_main_process
+    install_log_redaction()
+    resume_from = checkpoint.resolve_resume(cfg.resume, run_dir)
+    if resume_from is None:
+        checkpoint.check_fresh_run_dir(run_dir, cfg.resume)
+    accelerator.wait_for_everyone()  # every rank has looked at run_dir before rank 0 writes into it
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.trust_remote_code)
     datasets = data_lib.build_datasets(cfg.dataset, tokenizer, kind, cfg.model.eot_token)
@@ -271,100 +324,136 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     scorer = SequenceScorer(policy, share_prompt=cfg.trainer.share_prompt)
     optimizer = make_optimizer(scorer.parameters(), cfg.optimizer)
     micro_per_epoch = math.ceil(len(datasets.train) / cfg.trainer.batch_size)
-    steps_per_epoch = math.ceil(micro_per_epoch / cfg.trainer.grad_accum)
+    steps_per_epoch = math.ceil(micro_per_epoch / (cfg.trainer.grad_accum * world))
     total_steps = steps_per_epoch * cfg.epochs
     if cfg.trainer.max_steps > 0:
         total_steps = min(total_steps, cfg.trainer.max_steps)
     scheduler = make_scheduler(optimizer, cfg.optimizer, total_steps)
+    config_dict = OmegaConf.to_container(cfg, resolve=True)
+    # Resuming restores weights, optimizer, scheduler, loss states and RNGs before accelerate wraps them;
+    # the reference was built above from the initial weights, as in the interrupted run.
+    state = checkpoint.TrainState()
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, accelerator=accelerator, model=policy, optimizer=optimizer,
+                                scheduler=scheduler, loss_states=[t.state for t in terms], reference=reference,
+                                config=config_dict)
+        log.info("resuming from %s (step %d)", resume_from, state.step)
     # The scheduler is stepped by hand once per optimizer step; accelerate's wrapper would step it
     # once per process.
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    prepare_reference(accelerator, reference)  # ZeRO-3: partitioned for inference
 
     if is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-    writer = JsonlWriter(run_dir / "metrics.jsonl") if is_main else None
+        # A resumed run's log is cut back to its checkpoint: no line of the lost steps, none twice.
+        checkpoint.truncate_metrics(run_dir / "metrics.jsonl", state.metrics_offset)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(redact(config_dict))))
+    sinks = build_sinks(cfg.logger, run_dir, config_dict, is_main, name=run_dir.name)
+    emit = sinks.log
     pad_id = tokenizer.pad_token_id
-
-    def emit(record: dict) -> None:
-        if writer is not None:
-            writer.write(record)
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(total=total_steps, disable=not (is_main and cfg.trainer.progress_bar), desc="train",
-               dynamic_ncols=True)
-    step = 0
-    last_train: dict[str, float] = {}
-    eval_metrics: dict[str, float] = {}
-    train_time = 0.0
-    pairs_seen = tokens_seen = 0
+    bar = tqdm(total=total_steps, initial=state.step, disable=not (is_main and cfg.trainer.progress_bar),
+               desc="train", dynamic_ncols=True)
+    step = state.step
+    counters = {"last_train": {}, "eval_metrics": {}, "train_time": 0.0, "pairs_seen": 0, "tokens_seen": 0,
+                "skipped_steps": 0, **state.counters}
+    last_checkpoint = state.path
     max_norm = cfg.optimizer.max_grad_norm if cfg.optimizer.max_grad_norm > 0 else float("inf")
     scorer.train()
     for epoch in range(cfg.epochs):
-        micro_batches = list(batches(datasets.train, cfg.trainer.batch_size, True, cfg.seed + epoch,
-                                     cfg.trainer.group_by_length))
-        for first in range(0, len(micro_batches), cfg.trainer.grad_accum):
+        groups = step_groups(datasets.train, cfg, world, epoch)
+        for i, group in enumerate(groups):
+            if epoch * steps_per_epoch + i < step:
+                continue  # taken before the checkpoint this run resumed from
             if step >= total_steps:
                 break
-            group = micro_batches[first:first + cfg.trainer.grad_accum]
-            # Each example weighs 1/n_step, so a step of k micro-batches equals one batch of all of them,
-            # including the shorter last step of an epoch.
-            n_step = sum(len(chunk) for chunk in group)
+            # This rank's share of the step. Each example weighs 1/n_step, so a step equals one batch of all
+            # its examples on any number of processes, including the shorter last step of an epoch.
+            plan = step_plan(group, world, rank, cfg.trainer.batch_size)
+            n_step = len(group)
             start = time.perf_counter()
-            sums: dict[str, float] = {}
-            tokens = 0
-            for j, chunk in enumerate(group):
-                batch = to_device(collate(chunk, pad_id, kind), device)
-                sync = accelerator.no_sync(scorer) if j < len(group) - 1 else contextlib.nullcontext()
-                with sync:
-                    policy_out = scorer(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                                        n_pairs=batch["n_examples"] if kind == "paired" else None)
-                    ref_out = reference.logps(batch)
-                    per_example, metrics = compute_losses(terms, kind, policy_out, ref_out, batch)
-                    loss = per_example.sum() / n_step
+            sums: dict[str, float] = {"_tokens": 0.0, "_nonfinite": 0.0}
+            for j, micro in enumerate(plan):
+                batch = to_device(collate(micro.rows, pad_id, kind), device)
+                weights = micro.weights.to(device)
+                with micro_step(accelerator, scorer, last=j == len(plan) - 1):
+                    # Policy and reference log-probs, plus whatever extra inputs the losses declared.
+                    logps = losses.score_batch(scorer, reference, batch, kind, needs)
+                    per_example, metrics = compute_losses(terms, logps, training=True)
+                    loss = (per_example * weights).sum() * backward_scale(accelerator) / n_step
+                    loss = faults.poison_loss(loss, step + 1)
                     if not torch.isfinite(loss):
-                        raise FloatingPointError(
-                            f"non-finite loss {loss.item()} at step {step + 1} (epoch {epoch}, rows "
-                            f"{batch['index'].tolist()}); lower optimizer.lr or check the data"
-                        )
+                        sums["_nonfinite"] += 1
+                        log.warning("non-finite loss at step %d on rows %s", step + 1, batch["index"].tolist())
                     accelerator.backward(loss)
                 for key, value in {"loss": per_example, **metrics}.items():
-                    sums[key] = sums.get(key, 0.0) + float(value.detach().float().mean()) * len(chunk)
-                tokens += int(batch["attention_mask"].sum())
+                    sums[key] = sums.get(key, 0.0) + weighted_sum(value, weights)
+                sums["_tokens"] += tokens_of(batch, weights)
             grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), max_norm)
-            optimizer.step()
+            sums, _ = reduce_sums(accelerator, sums, 0.0)
+            tokens = sums.pop("_tokens")
+            if sums.pop("_nonfinite") or not math.isfinite(float(grad_norm)):
+                # Every rank sees the same reduced flag and norm, so all of them skip or stop together.
+                message = (f"non-finite loss or gradient (grad_norm={float(grad_norm)}) at step {step + 1} "
+                           f"(epoch {epoch}); lower optimizer.lr or check the data")
+                if cfg.trainer.on_nonfinite == "stop":
+                    if is_main:
+                        checkpoint.write_failure(run_dir, faults.NonFiniteError(message), step, last_checkpoint)
+                        sinks.finish(None)
+                    raise faults.NonFiniteError(f"{message}; last good checkpoint: {last_checkpoint}")
+                log.warning("%s: update skipped (trainer.on_nonfinite=skip)", message)
+                counters["skipped_steps"] += 1
+            elif not uses_deepspeed(accelerator):  # DeepSpeed stepped inside its backward
+                optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
             reference.after_step(step, accelerator.unwrap_model(scorer).model)
             elapsed = time.perf_counter() - start
-            train_time += elapsed
-            pairs_seen += n_step
-            tokens_seen += tokens
+            counters["train_time"] += elapsed
+            counters["pairs_seen"] += n_step
+            counters["tokens_seen"] += tokens
             record = {k: v / n_step for k, v in sums.items()}
             record.update({
                 "grad_norm": float(grad_norm),
                 "lr": scheduler.get_last_lr()[0],
-                "epoch": epoch + min(1.0, (first + len(group)) / len(micro_batches)),
+                "epoch": epoch + (i + 1) / len(groups),
                 "step": step,
                 "pairs/s": n_step / elapsed,
                 "tokens/s": tokens / elapsed,
             })
-            last_train = record
+            if counters["skipped_steps"]:
+                record["skipped_steps"] = counters["skipped_steps"]
+            counters["last_train"] = record
             if step % cfg.trainer.log_every == 0 or step == total_steps:
                 emit({"split": "train", **record})
             bar.update(1)
             bar.set_postfix(loss=f"{record['loss']:.4f}",
                             acc=f"{record.get('rewards/accuracies', float('nan')):.2f}")
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < total_steps:
-                eval_metrics = evaluate(scorer, reference, terms, kind, datasets.eval, cfg, pad_id, device)
-                emit({"split": "eval", "step": step, "epoch": record["epoch"], **eval_metrics})
+                counters["eval_metrics"] = evaluate(scorer, reference, terms, kind, datasets.eval, cfg, pad_id,
+                                                    device, accelerator)
+                emit({"split": "eval", "step": step, "epoch": record["epoch"], **counters["eval_metrics"]})
+            if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 and step < total_steps:
+                last_checkpoint = checkpoint.save(
+                    run_dir, step, accelerator=accelerator, model=accelerator.unwrap_model(scorer).model,
+                    optimizer=optimizer, scheduler=scheduler, loss_states=[t.state for t in terms],
+                    reference=reference, metrics_offset=sinks.offset(), counters=counters, config=config_dict,
+                    keep_last=cfg.trainer.keep_last) or last_checkpoint
+            faults.maybe_kill(step)  # PREFOPT_INJECT_FAULT=kill:<step>, for the resume tests only
     bar.close()
+    last_train, train_time = counters["last_train"], counters["train_time"]
+    pairs_seen, tokens_seen = counters["pairs_seen"], counters["tokens_seen"]
 
-    eval_metrics = evaluate(scorer, reference, terms, kind, datasets.eval, cfg, pad_id, device)
+    eval_metrics = evaluate(scorer, reference, terms, kind, datasets.eval, cfg, pad_id, device, accelerator)
     emit({"split": "eval", "step": step, "epoch": last_train.get("epoch", 0.0), **eval_metrics})
+    full_state = gathered_state_dict(accelerator, scorer)  # collective under ZeRO-3
     policy = accelerator.unwrap_model(scorer).model
+    if full_state is not None and is_main:
+        # ZeRO-3 leaves each rank a shard; rank 0 saves a fresh model holding the gathered weights.
+        policy = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
+        policy.load_state_dict(full_state, strict=False)
     del optimizer
 
     benchmark = None
@@ -382,6 +471,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
         "choices": hydra_choices or {},
         "tags": OmegaConf.to_container(cfg.tags, resolve=True),
         "steps": step,
+        "skipped_steps": counters["skipped_steps"],
+        "resumed_from": str(state.path) if state.path else None,
+        "processes": world,
         "train": last_train,
         "eval": eval_metrics,
         "benchmark": benchmark,
@@ -402,7 +494,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     }
     if is_main:
         atomic_write_json(run_dir / "summary.json", summary)
-        writer.close()
+    sinks.finish(summary)
     accelerator.end_training()
     return summary
 
@@ -454,6 +546,7 @@ register_configs()
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
 
     hydra_cfg = HydraConfig.get()
     choices = {k: v for k, v in hydra_cfg.runtime.choices.items() if not k.startswith("hydra")}
@@ -461,7 +554,11 @@ def main(cfg: DictConfig) -> float | None:
         summary = run(cfg, run_dir=hydra_cfg.runtime.output_dir, hydra_choices=choices)
     except USER_ERRORS as err:
         log.error("%s", err)
-        # One clear line for the user; in a multirun Hydra records the failure and moves on.
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            # Hydra records an Exception as this job's failure (sweep.json) and runs the other jobs;
+            # a SystemExit would end the whole sweep.
+            raise JobFailed(f"prefopt: {err}") from None
+        # One clear line for the user.
         raise SystemExit(f"prefopt: {err}") from None
     # Returned so that a Hydra sweeper (e.g. Optuna) can optimize it.
     return summary["eval"].get("eval/loss")

@@ -1,0 +1,112 @@
+"""Checkpoint and exact resume: a run SIGKILLed mid-epoch and resumed with resume=auto ends with the same
+losses and metrics as an uninterrupted run, and metrics.jsonl has every line exactly once."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from prefopt import checkpoint
+from tests.conftest import TINY, compose, read_metrics, read_summary, run_cli
+
+# 6 steps of 8 pairs in a 108-pair epoch (mid-epoch throughout), a learning rate that moves the model,
+# evaluation at step 3, checkpoints at steps 2 and 4; the kill comes after step 5 was logged, so resume
+# must both restore step 4 and cut step 5's line.
+RUN = TINY + ["trainer.max_steps=6", "trainer.eval_every=3", "trainer.checkpoint_every=2", "trainer.keep_last=2",
+              "optimizer.lr=1e-3", "trainer.batch_size=4", "trainer.grad_accum=2"]
+TIMING = {"pairs/s", "tokens/s"}
+
+
+def comparable(records):
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def assert_close(a, b, tol=1e-6):
+    assert len(a) == len(b), (len(a), len(b))
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.keys() == rb.keys()
+        for key in ra:
+            if isinstance(ra[key], float):
+                assert abs(ra[key] - rb[key]) <= tol, (ra.get("step"), key, ra[key], rb[key])
+            else:
+                assert ra[key] == rb[key], (key, ra[key], rb[key])
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("full")
+    run_cli(RUN, run_dir)
+    return run_dir
+
+
+def test_sigkill_then_resume_auto_matches_uninterrupted_run(tmp_path, uninterrupted):
+    run_dir = tmp_path / "run"
+    killed = run_cli(RUN, run_dir, check=False, env={"PREFOPT_INJECT_FAULT": "kill:5"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert not (run_dir / "summary.json").exists()
+    assert [p.name for p in checkpoint.checkpoint_dirs(run_dir)] == ["step-00000002", "step-00000004"]
+    before = [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"]
+    assert before == [1, 2, 3, 4, 5]  # step 5 was logged after the last checkpoint: resume must drop it
+
+    run_cli(RUN + ["resume=auto"], run_dir)
+    resumed, full = read_metrics(run_dir), read_metrics(uninterrupted)
+    assert [(r["split"], r["step"]) for r in resumed] == [(r["split"], r["step"]) for r in full]
+    assert_close(comparable(resumed), comparable(full))
+    summary = read_summary(run_dir)
+    assert summary["resumed_from"].endswith("step-00000004") and summary["steps"] == 6
+    assert abs(summary["train"]["loss"] - read_summary(uninterrupted)["train"]["loss"]) <= 1e-6
+    assert abs(summary["eval"]["eval/loss"] - read_summary(uninterrupted)["eval"]["eval/loss"]) <= 1e-6
+    # The loss moved, so matching is not a property of an untrained model.
+    assert abs(full[0]["loss"] - summary["eval"]["eval/loss"]) > 1e-3
+
+
+def test_checkpoint_contents_and_keep_last(uninterrupted):
+    # checkpoint_every=2 over 6 steps: steps 2 and 4 (the final state is the run's model, not a checkpoint).
+    dirs = checkpoint.checkpoint_dirs(uninterrupted)
+    assert [p.name for p in dirs] == ["step-00000002", "step-00000004"]
+    latest = dirs[-1]
+    assert {p.name for p in latest.iterdir()} >= {"model.safetensors", "optimizer.pt", "loss_state.pt", "state.json"}
+    state = json.loads((latest / "state.json").read_text())
+    assert state["step"] == 4 and state["metrics_offset"] > 0
+    assert set(state["rng"]["0"]) >= {"python", "numpy", "torch"}
+    # The metrics offset is the end of a complete line: the byte before it is a newline.
+    data = (uninterrupted / "metrics.jsonl").read_bytes()
+    assert data[state["metrics_offset"] - 1:state["metrics_offset"]] == b"\n"
+    assert not list((uninterrupted / "checkpoints").glob(".step-*"))  # no half-written checkpoint left
+
+
+def test_keep_last_prunes_older_checkpoints(tmp_path):
+    from prefopt.checkpoint import _prune
+
+    root = tmp_path / "checkpoints"
+    for step in (2, 4, 6, 8):
+        (root / f"step-{step:08d}").mkdir(parents=True)
+        (root / f"step-{step:08d}" / "state.json").write_text("{}")
+    (root / ".step-00000010.tmp123").mkdir()  # a save killed half-way
+    _prune(root, keep_last=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-00000006", "step-00000008"]
+
+
+def test_resume_from_different_config_names_the_keys(tmp_path, uninterrupted):
+    from prefopt.train import run
+
+    cfg = compose(RUN + ["beta=0.5", f"resume={uninterrupted}"])
+    with pytest.raises(checkpoint.CheckpointError, match=r"different config.*beta: 0\.1 -> 0\.5"):
+        run(cfg, tmp_path / "other")
+    assert not (tmp_path / "other" / "metrics.jsonl").exists()
+
+
+def test_fresh_run_refuses_a_used_directory(uninterrupted):
+    from prefopt.train import run
+
+    before = (uninterrupted / "metrics.jsonl").read_bytes()
+    with pytest.raises(checkpoint.CheckpointError, match="already holds a run.*resume=auto"):
+        run(compose(RUN), uninterrupted)
+    assert (uninterrupted / "metrics.jsonl").read_bytes() == before  # untouched
+
+
+def test_resume_path_without_checkpoint_is_a_clear_error(tmp_path):
+    with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
+        checkpoint.resolve_resume(str(tmp_path), tmp_path)
