@@ -9,11 +9,18 @@ typed too: ``@register_loss``'s dataclass is stored as ``loss/_schema_<name>`` a
 from __future__ import annotations
 
 import dataclasses
+import logging
+import os
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
+
+log = logging.getLogger("prefopt.config")
+LOSS_CONF = Path(__file__).resolve().parent.parent / "conf" / "loss"
 
 
 @dataclass
@@ -237,16 +244,43 @@ class PrefoptConfig:
     deepspeed: Any = None
 
 
-def register_configs() -> None:
-    """Store the run schema and one typed schema per registered loss in Hydra's ConfigStore."""
+def register_configs(plugin_modules: list[str] | None = None) -> None:
+    """Store the run schema and one typed schema per registered loss in Hydra's ConfigStore.
+
+    Loss plug-ins are imported first: ``plugin_modules``, or else the modules named by ``loss_modules=``
+    on the command line (or the comma-separated ``PREFOPT_LOSS_MODULES``), because Hydra composes
+    ``loss=<name>`` before the run starts. A loss without a ``conf/loss/<name>.yaml`` (a plug-in) gets a
+    generated option: its hyperparameter defaults, ``beta: ${beta}`` and ``weight: 1.0``.
+    """
     from prefopt import losses
 
+    modules = plugin_modules if plugin_modules is not None else plugin_modules_from_argv(sys.argv[1:])
+    try:
+        losses.load_plugins(modules)
+    except losses.LossConfigError as err:
+        # Reported again, as a one-line error, when the run builds its losses.
+        log.warning("%s", err)
     cs = ConfigStore.instance()
     cs.store(name="prefopt_schema", node=PrefoptConfig)
     for name in losses.names():
         spec = losses.get(name)
         schema = _with_weight(spec.hparams)
         cs.store(group="loss", name=f"_schema_{name}", node=schema, package=f"loss.{name}")
+        if not (LOSS_CONF / f"{name}.yaml").exists():
+            entry = OmegaConf.structured(schema)
+            if "beta" in entry:
+                entry.beta = "${beta}"
+            cs.store(group="loss", name=name, node=entry, package=f"loss.{name}")
+
+
+def plugin_modules_from_argv(argv: list[str]) -> list[str]:
+    """``loss_modules=[a,b]`` / ``+loss_modules=a`` on the command line, plus ``PREFOPT_LOSS_MODULES``."""
+    modules = [m for m in os.environ.get("PREFOPT_LOSS_MODULES", "").split(",") if m.strip()]
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key == "loss_modules" and value:
+            modules += [m.strip(" '\"") for m in value.strip("[]").split(",") if m.strip(" '\"")]
+    return modules
 
 
 def _with_weight(hparams: type) -> type:
