@@ -1,0 +1,94 @@
+"""The extra inputs the trainer provides when a loss declares them: KTO's mismatched pairs, WPO's
+per-token Σπ², LD-DPO's per-token log-probs, checked on the tiny model against full-logit references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prefopt import losses
+from prefopt.data.collate import collate
+from prefopt.logps import SequenceScorer, completion_logps_from_logits
+from prefopt.losses.inputs import log_sum_sq_probs, mismatched_batch
+from prefopt.models import load_model
+from prefopt.reference import Reference
+
+PAD = 0
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return load_model("tiny", "float32").eval()
+
+
+def unpaired_rows():
+    return [
+        {"index": 0, "prompt_ids": [5, 6, 7], "completion_ids": [8, 9], "desirable": True},
+        {"index": 1, "prompt_ids": [10, 11], "completion_ids": [12, 13, 14, 15], "desirable": False},
+        {"index": 2, "prompt_ids": [16], "completion_ids": [17], "desirable": True},
+    ]
+
+
+def test_mismatched_batch_rotates_completions_by_one():
+    """Row i pairs prompt i with completion i-1 (mod B), as TRL's KTOTrainer: (x0,y2), (x1,y0), (x2,y1)."""
+    kl = mismatched_batch(collate(unpaired_rows(), PAD, "unpaired"))
+    expected = [[5, 6, 7, 17], [10, 11, 8, 9], [16, 12, 13, 14, 15]]
+    for row, ids in enumerate(expected):
+        n = int(kl["attention_mask"][row].sum())
+        assert kl["input_ids"][row, :n].tolist() == ids
+        start = int(kl["completion_mask"][row].float().argmax())
+        assert start == len(unpaired_rows()[row]["prompt_ids"])
+        assert int(kl["completion_mask"][row].sum()) == len(ids) - start
+
+
+def test_wpo_normalizer_matches_full_logits(model):
+    batch = collate([{"index": 0, "prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 2], "rejected_ids": [10, 2]},
+                     {"index": 1, "prompt_ids": [11, 12], "chosen_ids": [13, 2], "rejected_ids": [14, 15, 16, 2]}],
+                    PAD, "paired")
+    rows = batch["completion_mask"][:, 1:].nonzero(as_tuple=True)[0]
+    got = log_sum_sq_probs(model, batch, rows)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    mask = batch["completion_mask"][:, 1:]
+    expected = torch.logsumexp(2 * torch.log_softmax(logits[mask], -1), -1)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_score_batch_provides_what_is_declared(model):
+    rows = [{"index": 0, "prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 2], "rejected_ids": [10, 2]},
+            {"index": 1, "prompt_ids": [11, 12], "chosen_ids": [13, 2], "rejected_ids": [14, 15, 16, 2]}]
+    batch = collate(rows, PAD, "paired")
+    scorer, reference = SequenceScorer(model), Reference(load_model("tiny", "float32"))
+    plain = losses.score_batch(scorer, reference, batch, "paired", frozenset())
+    assert plain.extras == {}
+    hp = losses.get("dpo").make_hparams({"ld_alpha": 0.5, "wpo": True})
+    needs = losses.get("dpo").required_inputs(hp)
+    assert needs == {"policy_tokens", "ref_tokens", "token_sq_probs"}
+    full = losses.score_batch(scorer, reference, batch, "paired", needs)
+    assert set(full.extras) == {"token_logps", "token_rows", "ref_token_logps", "token_log_sum_sq_probs"}
+    logps, _ = completion_logps_from_logits(model(input_ids=batch["input_ids"]).logits, batch["input_ids"],
+                                            batch["completion_mask"])
+    assert torch.allclose(full.policy_chosen, logps[:2], atol=1e-4)
+    assert torch.allclose(torch.zeros(4).index_add(0, full.extras["token_rows"], full.extras["token_logps"]),
+                          logps, atol=1e-4)
+    out = losses.call(losses.get("dpo"), full, hp)
+    assert torch.isfinite(out.losses).all()
+
+
+def test_unpaired_score_batch_has_kl_pairs(model):
+    batch = collate(unpaired_rows(), PAD, "unpaired")
+    scorer, reference = SequenceScorer(model), Reference(load_model("tiny", "float32"))
+    logps = losses.score_batch(scorer, reference, batch, "unpaired", frozenset({"kl_pairs"}))
+    assert logps.kl_policy.shape == (3,) and not logps.kl_policy.requires_grad
+    # Same weights for policy and reference here, so the KL estimate is exactly zero.
+    assert torch.allclose(logps.kl_policy, logps.kl_ref, atol=1e-5)
+    assert logps.desirable.tolist() == [True, False, True]
+
+
+def test_check_inputs_names_the_config_key():
+    with pytest.raises(losses.LossConfigError, match="trainer.batch_size=1"):
+        losses.check_inputs(frozenset({"kl_pairs"}), 1, "frozen")
+    with pytest.raises(losses.LossConfigError, match="reference=precomputed"):
+        losses.check_inputs(frozenset({"ref_tokens"}), 4, "precomputed")
+    losses.check_inputs(frozenset({"policy_tokens"}), 1, "precomputed")
