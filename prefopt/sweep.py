@@ -67,7 +67,8 @@ class SweepIndex(Callback):
 
         def start(index):
             index.update({"sweep_dir": str(sweep_dir.resolve()), "status": "running", "started": _now(),
-                          "finished": None, "overrides": list(config.hydra.overrides.task)})
+                          "finished": None, "overrides": list(config.hydra.overrides.task),
+                          "total_jobs": _count_jobs(config)})
             index.setdefault("jobs", {})
 
         update_index(sweep_dir, start)
@@ -98,6 +99,11 @@ class SweepIndex(Callback):
         def end(index):
             jobs = index.setdefault("jobs", {})
             jobs[str(job["num"])] = {**job, **jobs.get(str(job["num"]), {}), **entry}
+            # Hydra re-raises a failed job's error after the last job and skips on_multirun_end, so the
+            # sweep is marked finished here once every job has ended.
+            ended = sum(j.get("status") in ("done", "failed") for j in jobs.values())
+            if index.get("total_jobs") and ended >= index["total_jobs"]:
+                index.update({"status": "finished", "finished": _now()})
 
         update_index(Path(config.hydra.sweep.dir), end)
 
@@ -109,6 +115,18 @@ class SweepIndex(Callback):
             index.update({"status": "finished", "finished": _now()})
 
         update_index(Path(config.hydra.sweep.dir), end)
+
+
+def _count_jobs(config: DictConfig) -> int | None:
+    """How many jobs the command-line sweep expands to (None if it cannot be told, e.g. Optuna)."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        return sum(len(batch) for batch in BasicSweeper.split_arguments(parsed, None))
+    except Exception:  # noqa: BLE001 - an unknown sweeper syntax only costs the early "finished"
+        return None
 
 
 def _in_multirun(config: DictConfig) -> bool:
