@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,20 @@ def redact(obj: Any, secrets: list[str] | None = None) -> Any:
             if secret in obj:
                 obj = obj.replace(secret, REDACTED)
     return obj
+
+
+def redact_files(paths) -> None:
+    """Rewrite text files (Hydra's .hydra/*.yaml record the command line) with secrets blanked."""
+    from prefopt.io import atomic_write_text
+
+    secrets = secret_values()
+    if not secrets:
+        return
+    for path in paths:
+        text = Path(path).read_text(encoding="utf-8")
+        clean = redact(text, secrets)
+        if clean != text:
+            atomic_write_text(path, clean)
 
 
 class _RedactFilter(logging.Filter):
@@ -102,11 +117,13 @@ class WandbSink:
         os.environ.setdefault("WANDB_SILENT", "true")
         # A resumed run continues the same wandb run instead of starting a second one.
         id_file = Path(run_dir) / "wandb_run_id.txt"
-        run_id = id_file.read_text().strip() if id_file.is_file() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
         self.run = wandb.init(
             project=lcfg.project, entity=lcfg.entity, group=lcfg.group, name=name, tags=list(lcfg.tags or []),
             dir=str(run_dir), mode=mode, config=config, id=run_id, resume="allow",
-            settings=wandb.Settings(console="off", x_disable_stats=True),
+            # No console capture, system stats or host metadata (the latter records the command line,
+            # which may hold a key): metrics, config and summary only.
+            settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, save_code=False),
         )
         if not id_file.is_file():
             from prefopt.io import atomic_write_text
