@@ -54,7 +54,8 @@ class Reference:
 
     kind = "frozen"
 
-    def __init__(self, model, share_prompt: bool = False):
+    def __init__(self, model, share_prompt: bool = False, kind: str = "frozen"):
+        self.kind = kind
         model.eval()
         model.requires_grad_(False)
         self.model = model
@@ -94,10 +95,8 @@ class NoReference:
 class SyncReference(Reference):
     """TR-DPO: θ_ref ← α·θ + (1 − α)·θ_ref every ``sync_steps`` optimizer steps."""
 
-    kind = "sync"
-
     def __init__(self, model, alpha: float, every: int, share_prompt: bool = False):
-        super().__init__(model, share_prompt)
+        super().__init__(model, share_prompt, kind="sync")
         self.alpha = alpha
         self.every = every
         self.synced_at: list[int] = []
@@ -334,7 +333,7 @@ def build_reference(rcfg, mcfg, policy, needs_reference: bool, loss_names: list[
         if not rcfg.name_or_path:
             raise ReferenceConfigError("reference=checkpoint needs reference.name_or_path")
         model = load_model(rcfg.name_or_path, mcfg.dtype, mcfg.trust_remote_code).to(device)
-        return Reference(model, share_prompt)
+        return Reference(model, share_prompt, kind="checkpoint")
     if kind == "sync":
         if not 0.0 < rcfg.sync_alpha <= 1.0:
             raise ReferenceConfigError(f"reference.sync_alpha={rcfg.sync_alpha}: must be in (0, 1]")

@@ -1,0 +1,301 @@
+"""prefopt's DPO step against TRL 1.16's DPOTrainer: same model, rows, batch size, max length and steps.
+
+    flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py            # 8 steps, 2 rounds
+    flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py --steps 6 --rounds 1
+
+Each configuration runs in its own child process (this script with --child), one after another, and the
+list of configurations is repeated --rounds times, so a burst of load from other processes hits every
+side alike. Children report JSON; the parent prints, per configuration, the median seconds per optimizer
+step, pairs/s, tokens/s, peak RSS, achieved FLOP/s, and the ratios against TRL.
+
+Definitions (the same for both sides):
+- rows: the first steps*batch_size training pairs of the built-in sentiment data (prompt+chat template,
+  SmolLM2-135M-Instruct fp32 on CPU), so in one epoch every side sees exactly these rows;
+- s/step: wall time of one optimizer step (forward, backward, optimizer), median over the steps;
+  the first step is dropped (allocator warm-up). pairs/s = batch_size / median s/step;
+- tokens/s: pairs/s x mean (prompt+chosen + prompt+rejected) tokens per pair of that side's own
+  tokenization (TRL keeps the ChatML newline after <|im_end|>, prefopt does not: 1 token per completion);
+- peak RSS: the child's ru_maxrss (model loading included);
+- achieved FLOP/s: executed matmul FLOPs per step / median s/step, where executed FLOPs are counted from
+  the shapes the decoder actually ran (a forward hook on every decoder call with grad enabled: tokens
+  incl. padding x 2 x decoder-layer parameters, plus attention 4 x layers x hidden x width per token),
+  plus the LM head at 2 x hidden x vocab per completion token, the sum x3 for forward+backward, plus one
+  more forward of the same shapes when the reference runs every step. The peak is the best fp32 torch.mm
+  rate over model-shaped matrices measured by a child of the same run.
+The machine is shared: figures move with the load of other processes; the rounds show the spread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = {
+    "trl": "TRL DPOTrainer, reference model (default)",
+    "trl_pre": "TRL DPOTrainer, precompute_ref_log_probs=True",
+    "prefopt": "prefopt, reference=precomputed (sweep default)",
+    "prefopt_frozen": "prefopt, reference=frozen",
+    "prefopt_plain": "prefopt, frozen, no prompt sharing/grouping",
+}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class FlopCounter:
+    """Executed matmul FLOPs of the policy's forwards that will be back-propagated (see the docstring)."""
+
+    def __init__(self):
+        self.active = False
+        self.decoder_flops = 0.0
+        self.head_rows = 0
+
+    def attach(self, model, count_head: bool):
+        import torch
+
+        decoder = model.get_decoder()
+        cfg = model.config
+        layer_params = sum(p.numel() for layer in decoder.layers for p in layer.parameters() if p.dim() == 2)
+        n_layers, hidden = cfg.num_hidden_layers, cfg.hidden_size
+
+        def on_decoder(module, args, kwargs):
+            if self.active and torch.is_grad_enabled() and module.training:
+                rows, width = kwargs.get("input_ids", args[0] if args else None).shape
+                self.decoder_flops += rows * width * (2 * layer_params + 4 * n_layers * hidden * width)
+
+        def on_head(module, args):
+            if self.active and torch.is_grad_enabled() and module.training:
+                self.head_rows += args[0].numel() // args[0].shape[-1]
+
+        decoder.register_forward_pre_hook(on_decoder, with_kwargs=True)
+        if count_head:
+            model.get_output_embeddings().register_forward_pre_hook(on_head)
+        return 2 * hidden * model.get_output_embeddings().weight.shape[0]  # FLOPs per head row
+
+
+def child_matmul(args) -> dict:
+    import torch
+
+    best = 0.0
+    shapes = [(2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (1024, 2048, 2048)]
+    rates = {}
+    for m, k, n in shapes:
+        a, b = torch.randn(m, k), torch.randn(k, n)
+        for _ in range(3):
+            a @ b
+        times = []
+        for _ in range(10):
+            start = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - start)
+        rate = 2 * m * k * n / statistics.median(times)
+        rates[f"{m}x{k}x{n}"] = rate
+        best = max(best, rate)
+    return {"peak_flops": best, "rates": rates, "threads": torch.get_num_threads()}
+
+
+def overrides_for(args, reference: str) -> list[str]:
+    return ["model=smollm2-135m", "benchmark=none", "loss=dpo", "beta=0.1", f"reference={reference}",
+            f"dataset.max_train_rows={args.steps * args.batch_size}", f"dataset.max_length={args.max_length}",
+            f"trainer.batch_size={args.batch_size}", "trainer.grad_accum=1", f"trainer.max_steps={args.steps}",
+            "epochs=1", "trainer.eval_every=0", "trainer.save_model=false", "trainer.progress_bar=false",
+            "optimizer.lr=5e-6", "dataset.max_eval_rows=4"]
+
+
+def dataset_rows(args) -> list[dict]:
+    """prefopt's training rows of this benchmark (same split, same cap), as prompt/chosen/rejected text."""
+    from prefopt import data as data_lib
+    from prefopt.models import load_tokenizer
+    from tests.conftest import compose
+
+    cfg = compose(overrides_for(args, "frozen"))
+    tokenizer = load_tokenizer(cfg.model.name_or_path)
+    train = data_lib.build_datasets(cfg.dataset, tokenizer, "paired").train
+    source = {row["index"]: row for row in data_lib.load_rows(cfg.dataset, cfg.dataset.train_split)}
+    return [source[row["index"]] for row in train]
+
+
+def child_prefopt(args, reference: str, plain: bool) -> dict:
+    from prefopt import train
+    from tests.conftest import compose
+
+    counter = FlopCounter()
+    original_load = train.load_model
+    per_row = {}
+
+    def load_and_count(*a, **kw):
+        model = original_load(*a, **kw)
+        per_row["head"] = counter.attach(model, count_head=True)
+        return model
+
+    train.load_model = load_and_count
+    overrides = overrides_for(args, reference)
+    if plain:
+        overrides += ["trainer.share_prompt=false", "trainer.group_by_length=false"]
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-prefopt-"))
+    counter.active = True  # only grad-enabled train-mode forwards count: not precompute, not eval
+    summary = train.run(compose(overrides), run_dir)
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("split") == "train"]
+    passes = 3 + (0 if reference == "precomputed" else 1)  # fwd+bwd, plus a reference forward per step
+    flops = (counter.decoder_flops + counter.head_rows * per_row["head"]) / len(steps) * passes
+    throughput = summary["throughput"]
+    return {"step_seconds": [args.batch_size / r["pairs/s"] for r in steps],
+            "tokens_per_pair": throughput["tokens/s"] * throughput["train_seconds"] / (len(steps) * args.batch_size),
+            "peak_rss_mb": peak_rss_mb(), "flops_per_step": flops, "reference": summary["reference"],
+            "reference_seconds": throughput["reference_seconds"]}
+
+
+def child_trl(args, precompute: bool) -> dict:
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    from prefopt.models import resolve_model_path
+
+    rows = dataset_rows(args)
+    data = Dataset.from_list([{"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
+                               "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
+    path = resolve_model_path("smollm2-135m")
+    counter = FlopCounter()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    # TRL's fused LM head may bypass the head module: its FLOPs are counted from completion tokens below,
+    # which undercounts TRL if it projects every position (in TRL's favour for the FLOP/s figure).
+    head_per_row = counter.attach(model, count_head=False)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    out = tempfile.mkdtemp(prefix="bench-trl-")
+    config = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
+                       max_steps=args.steps, learning_rate=5e-6, lr_scheduler_type="linear",
+                       warmup_steps=math.ceil(0.1 * args.steps),
+                       max_length=args.max_length, beta=0.1, precompute_ref_log_probs=precompute, use_cpu=True,
+                       report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True, seed=42,
+                       dataloader_num_workers=0, max_grad_norm=10.0)
+    step_seconds: list[float] = []
+
+    class Timer(TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            self.start = time.perf_counter()
+            counter.active = True
+
+        def on_step_end(self, *a, **k):
+            counter.active = False
+            step_seconds.append(time.perf_counter() - self.start)
+
+    start = time.perf_counter()
+    trainer = DPOTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                         callbacks=[Timer()])
+    init_seconds = time.perf_counter() - start
+    train_data = trainer.train_dataset
+    start = time.perf_counter()
+    trainer.train()
+    train_seconds = time.perf_counter() - start
+    lengths = [2 * len(r["prompt_ids"]) + len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in train_data]
+    tokens_per_pair = min(statistics.mean(lengths), 2 * args.max_length)
+    completion = statistics.mean(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in train_data)
+    passes = 3 + (0 if precompute else 1)
+    flops = (counter.decoder_flops / len(step_seconds) + head_per_row * completion * args.batch_size) * passes
+    return {"step_seconds": step_seconds, "tokens_per_pair": tokens_per_pair, "peak_rss_mb": peak_rss_mb(),
+            "flops_per_step": flops, "init_seconds": init_seconds, "train_seconds": train_seconds}
+
+
+def run_child(name: str, args) -> dict:
+    cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--batch-size",
+           str(args.batch_size), "--max-length", str(args.max_length)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
+           "PYTHONPATH": str(ROOT)}
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {name} failed:\n{proc.stderr[-3000:]}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result["wall_seconds"] = time.perf_counter() - start
+    return result
+
+
+def summarize(name: str, runs: list[dict], args, peak: float) -> dict:
+    steps = [s for run in runs for s in run["step_seconds"][1:]]  # first step of each run: warm-up
+    median = statistics.median(steps)
+    pairs = args.batch_size / median
+    flops = statistics.mean(run["flops_per_step"] for run in runs)
+    return {"name": name, "s_per_step": median, "s_per_step_range": (min(steps), max(steps)),
+            "pairs_s": pairs, "tokens_s": pairs * statistics.mean(r["tokens_per_pair"] for r in runs),
+            "rss_mb": max(r["peak_rss_mb"] for r in runs), "flops_s": flops / median,
+            "mfu": flops / median / peak, "wall": statistics.mean(r["wall_seconds"] for r in runs)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--configs", default="trl,prefopt,trl_pre,prefopt_frozen",
+                        help=f"comma-separated, from {', '.join(CONFIGS)}")
+    parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        result = {"matmul": lambda: child_matmul(args),
+                  "trl": lambda: child_trl(args, precompute=False),
+                  "trl_pre": lambda: child_trl(args, precompute=True),
+                  "prefopt": lambda: child_prefopt(args, "precomputed", plain=False),
+                  "prefopt_frozen": lambda: child_prefopt(args, "frozen", plain=False),
+                  "prefopt_plain": lambda: child_prefopt(args, "frozen", plain=True)}[args.child]()
+        print(json.dumps(result))
+        return
+
+    names = [n.strip() for n in args.configs.split(",") if n.strip()]
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"--configs: unknown {unknown}; known: {', '.join(CONFIGS)}")
+    print(f"SmolLM2-135M fp32 CPU, {args.steps} steps x {args.batch_size} pairs, max_length {args.max_length}, "
+          f"{args.rounds} round(s), load average at start {os.getloadavg()[0]:.1f}", flush=True)
+    results: dict[str, list[dict]] = {n: [] for n in names}
+    peaks = []
+    for round_index in range(args.rounds):
+        peaks.append(run_child("matmul", args)["peak_flops"])
+        for name in names:
+            result = run_child(name, args)
+            results[name].append(result)
+            steps = ", ".join(f"{s:.2f}" for s in result["step_seconds"])
+            print(f"round {round_index + 1} {name:15s} s/step [{steps}]  rss {result['peak_rss_mb']:.0f} MB  "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+        peaks.append(run_child("matmul", args)["peak_flops"])
+    peak = max(peaks)
+    print(f"\nfp32 matmul peak (best of {len(peaks)} measurements, model-shaped torch.mm): {peak / 1e9:.1f} GFLOP/s "
+          f"(all: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
+    rows = {n: summarize(n, results[n], args, peak) for n in names}
+    header = f"{'configuration':52s} {'s/step':>7s} {'range':>13s} {'pairs/s':>8s} {'tok/s':>7s} {'RSS MB':>7s} " \
+             f"{'GFLOP/s':>8s} {'of peak':>7s}"
+    print(header)
+    for n, r in rows.items():
+        lo, hi = r["s_per_step_range"]
+        print(f"{CONFIGS[n]:52s} {r['s_per_step']:7.2f} {lo:6.2f}-{hi:6.2f} {r['pairs_s']:8.3f} {r['tokens_s']:7.0f} "
+              f"{r['rss_mb']:7.0f} {r['flops_s'] / 1e9:8.1f} {r['mfu']:7.2f}")
+    print()
+    for ours in [n for n in names if n.startswith("prefopt")]:
+        for theirs in [n for n in names if n.startswith("trl")]:
+            a, b = rows[ours], rows[theirs]
+            print(f"{ours} vs {theirs}: pairs/s x{a['pairs_s'] / b['pairs_s']:.2f}, "
+                  f"peak RSS x{a['rss_mb'] / b['rss_mb']:.2f}")
+    for name, runs in results.items():
+        if name.startswith("prefopt"):
+            refs = [r["reference"] for r in runs]
+            print(f"{name}: reference {refs[0]['kind']}, cache {[r.get('cache') for r in refs]}, "
+                  f"reference pass s/run {[round(r['reference_seconds'], 2) for r in runs]}")
+
+
+if __name__ == "__main__":
+    main()
