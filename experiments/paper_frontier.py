@@ -1,16 +1,19 @@
 """Run the miniature reward–KL frontier (paper figure 1) and the epochs ablation (paper figure 2).
 
-    flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py frontier   # ~35 min on 2 busy cores
-    flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py epochs     # ~30 min
+    flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py frontier epochs
+
+Measured: ~60 min for both on 2 CPU cores shared with five other agents' jobs (~2 min per optimizer
+step of 4 pairs under that contention; a few seconds on idle cores).
 
 Scale, honestly: SmolLM2-135M-Instruct on 2 shared CPU cores, the built-in controlled-sentiment pairs
 (SmolLM2's own samples labelled by VADER, prefopt/assets), 4 pairs per optimizer step, so each run sees
-a few dozen pairs: a miniature of the DPO paper's figure, not a reproduction.
-``frontier``: 8 steps (32 pairs) for each β in {0.05, 0.1, 0.5} and each of dpo and ipo, then the
-sentiment benchmark (32 held-out prompts, 32 new tokens, policy and reference sampled with the same
-seeds): VADER reward and the sampled KL(π‖π_ref).
-``epochs``: Zephyr's α/β ablation in miniature, DPO β=0.1 on 32 of the pairs, ``variant=zephyr_alpha``
-(1 epoch, 8 steps) vs ``variant=zephyr_beta`` (3 epochs, 24 steps, beta's data filters); the real one
+a dozen or two pairs: a miniature of the DPO paper's figure, not a reproduction, sized so that it
+finishes on a shared CPU box.
+``frontier``: 3 steps (12 pairs, lr 5e-5) for each β in {0.05, 0.1, 0.5} and each of dpo and ipo, then
+the sentiment benchmark (24 held-out prompts, 24 new tokens, policy and reference sampled with the
+same seeds): VADER reward and the sampled KL(π‖π_ref).
+``epochs``: Zephyr's α/β ablation in miniature, DPO β=0.1 on 8 of the pairs, ``variant=zephyr_alpha``
+(1 epoch, 2 steps) vs ``variant=zephyr_beta`` (3 epochs, 6 steps, beta's data filters); the real one
 is Mistral-7B on UltraFeedback judged by MT-Bench.
 
 Each sweep is one Hydra multirun of ``prefopt.train``; its run directories land in
@@ -30,9 +33,9 @@ RUNS = ROOT / "paper_figures" / "runs"
 
 COMMON = [
     "model=smollm2-135m", "dataset=sentiment", "benchmark=sentiment",
-    "benchmark.num_prompts=32", "benchmark.max_new_tokens=32", "benchmark.batch_size=32",
-    # Far above Zephyr's 5e-7 so that 8 CPU steps move a 135M policy measurably.
-    "optimizer.lr=3e-5", "trainer.batch_size=4", "trainer.grad_accum=1", "trainer.eval_every=4",
+    "benchmark.num_prompts=24", "benchmark.max_new_tokens=24", "benchmark.batch_size=24",
+    # Far above Zephyr's 5e-7 so that a handful of CPU steps move a 135M policy measurably.
+    "optimizer.lr=5e-5", "trainer.batch_size=4", "trainer.grad_accum=1", "trainer.eval_every=0",
     "trainer.save_model=false", "trainer.progress_bar=false",
 ]
 BETAS = "0.05,0.1,0.5"
@@ -55,22 +58,26 @@ def multirun(name: str, overrides: list[str]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("which", choices=["frontier", "epochs"])
+    parser.add_argument("which", nargs="+", choices=["frontier", "epochs"])
     parser.add_argument("--losses", default="dpo,ipo")
     args = parser.parse_args()
-    if args.which == "epochs":
-        multirun("epochs", ["loss=dpo", "beta=0.1", "dataset.max_train_rows=32", "variant=zephyr_alpha,zephyr_beta"])
-        return
+    if "frontier" in args.which:
+        frontier(args.losses)
+    if "epochs" in args.which:
+        multirun("epochs", ["loss=dpo", "beta=0.1", "dataset.max_train_rows=8", "variant=zephyr_alpha,zephyr_beta"])
+
+
+def frontier(losses: str) -> None:
     known = registered_losses()
-    wanted = args.losses.split(",")
+    wanted = losses.split(",")
     present = [loss for loss in wanted if loss in known]
     if present:
-        multirun("frontier", [f"loss={','.join(present)}", f"beta={BETAS}", "epochs=1", "trainer.max_steps=8"])
+        multirun("frontier", [f"loss={','.join(present)}", f"beta={BETAS}", "epochs=1", "trainer.max_steps=3"])
     if len(present) < len(wanted):
         print(f"losses {sorted(set(wanted) - known)} are not registered; running cDPO (label_smoothing=0.2) "
               "in their place", flush=True)
         multirun("frontier_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={BETAS}", "epochs=1",
-                                   "trainer.max_steps=8"])
+                                   "trainer.max_steps=3"])
 
 
 if __name__ == "__main__":

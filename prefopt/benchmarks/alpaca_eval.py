@@ -98,12 +98,15 @@ def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dic
         result.update({f"{side}_{k}": v for k, v in figures.items()})
     scores = {side: [preference_outcome(j["preference"]) for j in judged[side]] for side in judged}
     both = [i for i in range(len(instructions)) if scores["policy"][i] is not None and scores["reference"][i] is not None]
-    if not both:
-        raise DataError(f"alpaca_eval: no instruction got a valid verdict for both models "
-                        f"(invalid: policy {result['policy_n_invalid']}, reference {result['reference_n_invalid']})")
-    # Win rates in percent, like AlpacaEval, so the delta is in percentage points.
-    result.update(paired_delta([100 * scores["policy"][i] for i in both], [100 * scores["reference"][i] for i in both],
-                               samples=bcfg.bootstrap_samples, seed=bcfg.seed))
+    if both:
+        # Win rates in percent, like AlpacaEval, so the delta is in percentage points.
+        result.update(paired_delta([100 * scores["policy"][i] for i in both],
+                                   [100 * scores["reference"][i] for i in both],
+                                   samples=bcfg.bootstrap_samples, seed=bcfg.seed))
+    else:
+        result.update({"n": 0, "delta": None, "status": "no_valid_judgments"})
+        log.error("alpaca_eval: no instruction got a valid verdict for both models (invalid: policy %d, "
+                  "reference %d)", result["policy_n_invalid"], result["reference_n_invalid"])
     result["judge_malformed"] = {side: result[f"{side}_n_invalid"] for side in ("policy", "reference")}
     items = []
     for i, instruction in enumerate(instructions):

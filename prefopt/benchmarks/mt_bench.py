@@ -97,11 +97,14 @@ def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dic
     both = [k for k in grades["policy"] if k in grades["reference"]]
     result: dict = {"name": "mt_bench", "judge": judge.identity, "num_questions": len(questions),
                     "judged_turns": 2 * len(questions)}
-    if not both:
-        raise DataError(f"mt_bench: no (question, turn) was graded for both models: the judge's replies were "
-                        f"malformed {malformed['policy']} + {malformed['reference']} times")
-    result.update(paired_delta([grades["policy"][k] for k in both], [grades["reference"][k] for k in both],
-                               samples=bcfg.bootstrap_samples, seed=bcfg.seed))
+    if both:
+        result.update(paired_delta([grades["policy"][k] for k in both], [grades["reference"][k] for k in both],
+                                   samples=bcfg.bootstrap_samples, seed=bcfg.seed))
+    else:
+        # Nothing to compare, and nothing is made up: the counts below say why.
+        result.update({"n": 0, "delta": None, "status": "no_valid_judgments"})
+        log.error("mt_bench: no (question, turn) was graded for both models: the judge's replies were "
+                  "malformed %d + %d times", malformed["policy"], malformed["reference"])
     for side in ("policy", "reference"):
         values = grades[side]
         result[f"{side}_score"] = float(np.mean(list(values.values()))) if values else None
