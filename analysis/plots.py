@@ -75,13 +75,14 @@ def plot_reward_margins(metrics: pd.DataFrame, split: str = "train",
     return fig
 
 
-def plot_benchmark_delta(runs: pd.DataFrame, benchmark: str = "sentiment", line: str = "loss"):
-    """The benchmark's policy-minus-reference delta vs β with its 95% bootstrap CI, one line per loss."""
+def plot_benchmark_delta(runs: pd.DataFrame, benchmark: str = "sentiment", line: str = "loss", ax=None):
+    """The benchmark's policy-minus-reference delta vs β with its 95% bootstrap CI, one line per loss.
+    Draws into ``ax`` when given (then returns its figure)."""
     col = f"{benchmark}/delta"
     if col not in runs.columns:
         raise ValueError(f"no {benchmark} benchmark results in these runs (column {col!r} missing)")
     data = runs.dropna(subset=[col, "beta"])
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    fig, ax = plt.subplots(figsize=(5.5, 3.8)) if ax is None else (ax.figure, ax)
     for value, sub in data.groupby(line, sort=True):
         sub = sub.sort_values("beta")
         low = sub[col] - sub[f"{benchmark}/delta_ci_low"]
@@ -89,6 +90,9 @@ def plot_benchmark_delta(runs: pd.DataFrame, benchmark: str = "sentiment", line:
         ax.errorbar(sub["beta"], sub[col], yerr=[low, high], marker="o", capsize=3, label=f"{line}={value}")
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xscale("log")
+    betas = sorted(data["beta"].unique())
+    ax.set_xticks(betas, [f"{b:g}" for b in betas])
+    ax.minorticks_off()
     ax.set_xlabel("β")
     ax.set_ylabel(f"{benchmark}: policy − reference (95% CI)")
     ax.grid(alpha=0.3)
@@ -97,7 +101,7 @@ def plot_benchmark_delta(runs: pd.DataFrame, benchmark: str = "sentiment", line:
     return fig
 
 
-def plot_reward_kl_frontier(runs: pd.DataFrame, benchmark: str = "sentiment", color: str = "loss"):
+def plot_reward_kl_frontier(runs: pd.DataFrame, benchmark: str = "sentiment", color: str = "loss", ax=None):
     """Mean ground-truth reward vs the sampled KL(π‖π_ref), one point per run, annotated with β.
 
     Error bars: x, the bootstrap CI of the KL estimate; y, the delta's CI moved onto the policy's mean
@@ -108,7 +112,7 @@ def plot_reward_kl_frontier(runs: pd.DataFrame, benchmark: str = "sentiment", co
     if missing:
         raise ValueError(f"no reward/KL figures in these runs (missing {missing})")
     data = runs.dropna(subset=need)
-    fig, ax = plt.subplots(figsize=(5.5, 4.0))
+    fig, ax = plt.subplots(figsize=(5.5, 4.0)) if ax is None else (ax.figure, ax)
     for value, sub in data.groupby(color, sort=True):
         sub = sub.sort_values("beta")
         x, y = sub[f"{benchmark}/kl_estimate"], sub[f"{benchmark}/policy_mean"]
@@ -122,6 +126,10 @@ def plot_reward_kl_frontier(runs: pd.DataFrame, benchmark: str = "sentiment", co
     ref = data[f"{benchmark}/reference_mean"]
     if len(ref):
         ax.axhline(float(np.mean(ref)), color="grey", ls="--", lw=1, label="reference model")
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(5))
+    ax.ticklabel_format(axis="both", useOffset=False)
     ax.set_xlabel("KL(π‖π_ref), sampled estimate (nats per completion)")
     ax.set_ylabel(f"mean reward ({benchmark})")
     ax.grid(alpha=0.3)

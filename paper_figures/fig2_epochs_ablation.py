@@ -1,0 +1,78 @@
+"""Paper figure 2: Zephyr's epochs ablation (variant α: 1 epoch, β: 3 epochs + β's filters) in miniature.
+
+    flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py epochs   # the runs (~20 min here)
+    python paper_figures/fig2_epochs_ablation.py                               # this figure, seconds
+
+Reads only paper_figures/runs/epochs/ (config.yaml, metrics.jsonl, summary.json) and writes
+paper_figures/fig2_epochs_ablation.png, printing the numbers it plots.
+
+Scale, honestly: SmolLM2-135M-Instruct, DPO β=0.1, lr 5e-5, on 8 of the built-in sentiment pairs (4 per
+step): ``variant=zephyr_alpha`` trains 1 epoch (2 steps), ``variant=zephyr_beta`` 3 epochs (6 steps,
+with the zephyr_beta data filters, which keep every one of these pairs or say how many they drop in
+summary.json). The benchmark delta is the sentiment benchmark's (24 prompts, VADER), not MT-Bench:
+Zephyr's ablation is Mistral-7B on UltraFeedback judged by GPT-4, far beyond a CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import matplotlib.pyplot as plt  # noqa: E402
+
+from analysis import load_metrics, load_runs, plots  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=str(ROOT / "paper_figures" / "runs" / "epochs"))
+    parser.add_argument("--out", default=str(ROOT / "paper_figures" / "fig2_epochs_ablation.png"))
+    args = parser.parse_args()
+    runs = load_runs(args.runs)
+    runs = runs[runs["status"] == "completed"]
+    if runs.empty:
+        raise SystemExit(f"{args.runs}: no completed runs; run experiments/paper_frontier.py epochs first")
+    steps = load_metrics(args.runs, runs)
+    train = steps[steps["split"] == "train"]
+    columns = ["variant", "epochs", "steps", "train/rewards/margins", "eval/rewards/margins", "eval/rewards/accuracies",
+               "sentiment/policy_mean", "sentiment/reference_mean", "sentiment/delta", "sentiment/delta_ci_low",
+               "sentiment/delta_ci_high", "sentiment/wilcoxon_p", "sentiment/kl_estimate"]
+    print(runs[[c for c in columns if c in runs]].sort_values("epochs").to_string(index=False,
+                                                                                float_format=lambda v: f"{v:.4f}"))
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    colors = {"zephyr_alpha": "tab:blue", "zephyr_beta": "tab:orange"}
+    for variant, curve in train.groupby("variant"):
+        curve = curve.sort_values("step")
+        label = f"{variant} ({int(curve['epochs'].iloc[0])} epoch{'s' if curve['epochs'].iloc[0] > 1 else ''})"
+        axes[0].plot(curve["step"], curve["rewards/margins"], "o-", color=colors.get(variant), label=label, ms=3)
+        axes[1].plot(curve["step"], curve["rewards/accuracies"], "o-", color=colors.get(variant), label=label, ms=3)
+    axes[0].axhline(0, color="grey", lw=0.8)
+    axes[0].set_ylabel("train rewards/margins")
+    axes[1].set_ylabel("train rewards/accuracies")
+    for ax in axes[:2]:
+        ax.set_xlabel("optimizer step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    ordered = runs.sort_values("epochs")
+    x = range(len(ordered))
+    delta = ordered["sentiment/delta"]
+    axes[2].errorbar(list(x), delta, yerr=[delta - ordered["sentiment/delta_ci_low"],
+                                           ordered["sentiment/delta_ci_high"] - delta],
+                     fmt="o", capsize=4, color="black")
+    axes[2].set_xticks(list(x), [f"{v}\n{int(e)} ep" for v, e in zip(ordered["variant"], ordered["epochs"], strict=True)])
+    axes[2].axhline(0, color="grey", lw=0.8)
+    axes[2].set_xlim(-0.5, len(ordered) - 0.5)
+    axes[2].set_ylabel("sentiment reward: policy − reference (95% CI)")
+    axes[2].grid(alpha=0.3)
+    fig.suptitle("Zephyr epochs ablation in miniature: SmolLM2-135M, DPO β=0.1, 8 sentiment pairs", fontsize=10)
+    fig.tight_layout()
+    print(f"wrote {plots.save(fig, args.out)}")
+
+
+if __name__ == "__main__":
+    main()
