@@ -231,9 +231,9 @@ def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: l
     if missing or unexpected:
         raise CheckpointError(f"resume: {path / 'model.safetensors'} does not fit the model "
                               f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
+    optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(state["scheduler"])
-    saved_losses = torch.load(path / "loss_state.pt", weights_only=True, map_location="cpu")
+    saved_losses = _load_tensors(path / "loss_state.pt")
     for live, saved in zip(loss_states, saved_losses, strict=True):
         live.clear()
         live.update(saved)
@@ -244,6 +244,16 @@ def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: l
     _set_rng_state(state["rng"][str(accelerator.process_index)])
     return TrainState(step=int(state["step"]), metrics_offset=int(state["metrics_offset"]),
                       counters=state.get("counters", {}), path=path)
+
+
+def _load_tensors(path: Path) -> Any:
+    """torch.load restricted to tensors and plain containers: a tampered file cannot run code."""
+    import pickle
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as err:
+        raise CheckpointError(f"resume: refusing {path}: {str(err).splitlines()[0]}") from err
 
 
 def truncate_metrics(metrics_path: Path, offset: int) -> None:
