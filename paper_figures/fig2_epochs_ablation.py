@@ -46,11 +46,15 @@ def main() -> None:
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     colors = {"zephyr_alpha": "tab:blue", "zephyr_beta": "tab:orange"}
+    # Both variants share the seed, so their first steps coincide: α is drawn wide underneath.
+    styles = {"zephyr_alpha": dict(fmt="s-", lw=3, alpha=0.5, ms=6), "zephyr_beta": dict(fmt="o--", lw=1.5, ms=3)}
     for variant, curve in train.groupby("variant"):
         curve = curve.sort_values("step")
         label = f"{variant} ({int(curve['epochs'].iloc[0])} epoch{'s' if curve['epochs'].iloc[0] > 1 else ''})"
-        axes[0].plot(curve["step"], curve["rewards/margins"], "o-", color=colors.get(variant), label=label, ms=3)
-        axes[1].plot(curve["step"], curve["rewards/accuracies"], "o-", color=colors.get(variant), label=label, ms=3)
+        style = dict(styles.get(variant, {"fmt": "o-"}))
+        fmt = style.pop("fmt")
+        for ax, column in zip(axes[:2], ("rewards/margins", "rewards/accuracies"), strict=True):
+            ax.plot(curve["step"], curve[column], fmt, color=colors.get(variant), label=label, **style)
     axes[0].axhline(0, color="grey", lw=0.8)
     axes[0].set_ylabel("train rewards/margins")
     axes[1].set_ylabel("train rewards/accuracies")
@@ -67,7 +71,8 @@ def main() -> None:
     axes[2].set_xticks(list(x), [f"{v}\n{int(e)} ep" for v, e in zip(ordered["variant"], ordered["epochs"], strict=True)])
     axes[2].axhline(0, color="grey", lw=0.8)
     axes[2].set_xlim(-0.5, len(ordered) - 0.5)
-    axes[2].set_ylabel("sentiment reward: policy − reference (95% CI)")
+    axes[2].set_ylabel("VADER reward, policy − reference")
+    axes[2].set_title("benchmark delta (95% paired-bootstrap CI)", fontsize=9)
     axes[2].grid(alpha=0.3)
     fig.suptitle("Zephyr epochs ablation in miniature: SmolLM2-135M, DPO β=0.1, 8 sentiment pairs", fontsize=10)
     fig.tight_layout()
