@@ -44,9 +44,13 @@ def check_sweep(sweep_dir, names):
 
 
 def test_dpo_ipo_simpo_kto_run_as_one_sweep(tmp_path):
-    names = ["dpo", "ipo", "simpo", "kto"]
-    run_cli(SMALL + ["loss=" + ",".join(names)], tmp_path, multirun=True)
+    """The issue's sweep, plus a plug-in loss from the user's own module (tests/plugins_example), which
+    needs no change to prefopt: ``loss_modules=[...]`` makes ``loss=margin_dpo`` a config option."""
+    names = ["dpo", "ipo", "simpo", "kto", "margin_dpo"]
+    run_cli(SMALL + ["loss_modules=[tests.plugins_example.my_losses]", "loss=" + ",".join(names)], tmp_path,
+            multirun=True)
     by_loss = check_sweep(tmp_path, names)
+    assert by_loss["margin_dpo"][0]["losses"]["margin_dpo"] == {"weight": 1.0, "beta": 0.1, "margin": 1.0}
     # Reference-free losses never build a reference model.
     assert by_loss["simpo"][0]["reference"]["kind"] == "none"
     assert by_loss["dpo"][0]["reference"]["kind"] != "none"

@@ -7,7 +7,7 @@ import torch
 
 from prefopt import losses
 from prefopt.config import plugin_modules_from_argv
-from tests.conftest import TINY, read_metrics, read_summary, run_cli
+from tests.conftest import compose
 
 MODULE = "tests.plugins_example.my_losses"
 
@@ -34,12 +34,14 @@ def test_missing_plugin_module_is_a_clear_error():
         losses.load_plugins(["no_such_module_xyz"])
 
 
-def test_plugin_loss_trains_through_the_cli(tmp_path):
-    """``loss=margin_dpo`` composes (a generated config option, as no YAML exists) and trains 2 steps, alone
-    and combined with a built-in loss."""
-    run_dir = tmp_path / "run"
-    run_cli(TINY + [f"loss_modules=[{MODULE}]", "loss=margin_dpo", "loss.margin_dpo.margin=0.5"], run_dir)
-    train = [r for r in read_metrics(run_dir) if r["split"] == "train"]
-    assert [r["step"] for r in train] == [1, 2] and "rewards/margins" in train[0]
-    summary = read_summary(run_dir)
-    assert summary["losses"]["margin_dpo"]["margin"] == 0.5 and summary["losses"]["margin_dpo"]["beta"] == 0.1
+def test_plugin_loss_composes_as_a_config_option():
+    """With the module named, ``loss=margin_dpo`` composes from a generated option (no YAML exists):
+    its defaults, ``beta`` following the top-level ``${beta}``, and a weight. Training it through the CLI,
+    in one sweep with built-in losses, is ``tests/test_loss_cli.py::test_dpo_ipo_simpo_kto_run_as_one_sweep``."""
+    from prefopt.config import register_configs
+
+    register_configs([MODULE])
+    cfg = compose([f"loss_modules=[{MODULE}]", "loss=margin_dpo", "beta=0.3", "loss.margin_dpo.margin=0.5"])
+    assert dict(cfg.loss.margin_dpo) == {"beta": 0.3, "margin": 0.5, "weight": 1.0}
+    cfg = compose([f"loss_modules=[{MODULE}]", "loss=[dpo,margin_dpo]"])
+    assert list(cfg.loss) == ["dpo", "margin_dpo"]
