@@ -139,3 +139,20 @@ def test_sentiment_prompts_bad_rows_are_named(tmp_path):
     bad.write_text('{"prompt": "ok"}\n{"title": 3}\n')
     with pytest.raises(DataError, match="row 1 has neither"):
         prompts_from_config(compose(["benchmark=sentiment", f"benchmark.prompts={bad}"]).benchmark)
+
+
+def test_unreachable_judge_does_not_lose_the_training_run(shared_data, tmp_path):
+    from tests.conftest import TINY, read_summary, run_cli
+
+    mt = shared_data / "mt_bench"
+    overrides = [o for o in TINY if not o.startswith("benchmark=")] + [
+        "benchmark=mt_bench", "judge=http", "benchmark.judge.base_url=http://127.0.0.1:9/v1",
+        "benchmark.judge.model=x", "benchmark.judge.api_key_env=null", "benchmark.judge.max_retries=0",
+        f"benchmark.judge.cache_dir={tmp_path / 'j'}", f"benchmark.prompts={mt / 'question.jsonl'}",
+        f"benchmark.judge_prompts={mt / 'judge_prompts.jsonl'}",
+        f"benchmark.reference_answers={mt / 'reference_answer_gpt-4.jsonl'}",
+        "benchmark.num_prompts=1", "benchmark.max_new_tokens=2"]
+    run_cli(overrides, tmp_path / "run")
+    summary = read_summary(tmp_path / "run")
+    assert summary["status"] == "completed" and summary["steps"] == 2
+    assert summary["benchmark"]["status"] == "failed" and "127.0.0.1:9" in summary["benchmark"]["error"]
