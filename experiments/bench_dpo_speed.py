@@ -2,6 +2,7 @@
 
     flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py            # 8 steps, 2 rounds
     flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py --steps 6 --rounds 1
+    python experiments/bench_dpo_speed.py --model tiny --steps 2 --rounds 1     # smoke check, seconds
 
 Each configuration runs in its own child process (this script with --child), one after another, and the
 list of configurations is repeated --rounds times, so a burst of load from other processes hits every
@@ -106,7 +107,7 @@ def child_matmul(args) -> dict:
 
 
 def overrides_for(args, reference: str) -> list[str]:
-    return ["model=smollm2-135m", "benchmark=none", "loss=dpo", "beta=0.1", f"reference={reference}",
+    return [f"model={args.model}", "benchmark=none", "loss=dpo", "beta=0.1", f"reference={reference}",
             f"dataset.max_train_rows={args.steps * args.batch_size}", f"dataset.max_length={args.max_length}",
             f"trainer.batch_size={args.batch_size}", "trainer.grad_accum=1", f"trainer.max_steps={args.steps}",
             "epochs=1", "trainer.eval_every=0", "trainer.save_model=false", "trainer.progress_bar=false",
@@ -168,7 +169,7 @@ def child_trl(args, precompute: bool) -> dict:
     rows = dataset_rows(args)
     data = Dataset.from_list([{"prompt": r["prompt"], "chosen": [{"role": "assistant", "content": r["chosen"]}],
                                "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows])
-    path = resolve_model_path("smollm2-135m")
+    path = resolve_model_path(args.model)
     counter = FlopCounter()
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     # TRL's fused LM head may bypass the head module: its FLOPs are counted from completion tokens below,
@@ -212,13 +213,14 @@ def child_trl(args, precompute: bool) -> dict:
 
 def run_child(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--batch-size",
-           str(args.batch_size), "--max-length", str(args.max_length)]
+           str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
            "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
-        raise SystemExit(f"child {name} failed:\n{proc.stderr[-3000:]}")
+        print(f"child {name} failed:\n{proc.stderr[-3000:]}", file=sys.stderr, flush=True)
+        return None
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_seconds"] = time.perf_counter() - start
     return result
@@ -241,6 +243,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--model", default="smollm2-135m", help="tiny: a seconds-long smoke check of the script")
     parser.add_argument("--configs", default="trl,prefopt,trl_pre,prefopt_frozen",
                         help=f"comma-separated, from {', '.join(CONFIGS)}")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -260,7 +263,7 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"--configs: unknown {unknown}; known: {', '.join(CONFIGS)}")
-    print(f"SmolLM2-135M fp32 CPU, {args.steps} steps x {args.batch_size} pairs, max_length {args.max_length}, "
+    print(f"{args.model} fp32 CPU, {args.steps} steps x {args.batch_size} pairs, max_length {args.max_length}, "
           f"{args.rounds} round(s), load average at start {os.getloadavg()[0]:.1f}", flush=True)
     results: dict[str, list[dict]] = {n: [] for n in names}
     peaks = []
@@ -268,6 +271,8 @@ def main() -> None:
         peaks.append(run_child("matmul", args)["peak_flops"])
         for name in names:
             result = run_child(name, args)
+            if result is None:
+                continue
             results[name].append(result)
             steps = ", ".join(f"{s:.2f}" for s in result["step_seconds"])
             print(f"round {round_index + 1} {name:15s} s/step [{steps}]  rss {result['peak_rss_mb']:.0f} MB  "
@@ -276,6 +281,7 @@ def main() -> None:
     peak = max(peaks)
     print(f"\nfp32 matmul peak (best of {len(peaks)} measurements, model-shaped torch.mm): {peak / 1e9:.1f} GFLOP/s "
           f"(all: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
+    names = [n for n in names if results[n]]
     rows = {n: summarize(n, results[n], args, peak) for n in names}
     header = f"{'configuration':52s} {'s/step':>7s} {'range':>13s} {'pairs/s':>8s} {'tok/s':>7s} {'RSS MB':>7s} " \
              f"{'GFLOP/s':>8s} {'of peak':>7s}"
@@ -291,7 +297,7 @@ def main() -> None:
             print(f"{ours} vs {theirs}: pairs/s x{a['pairs_s'] / b['pairs_s']:.2f}, "
                   f"peak RSS x{a['rss_mb'] / b['rss_mb']:.2f}")
     for name, runs in results.items():
-        if name.startswith("prefopt"):
+        if name.startswith("prefopt") and runs:
             refs = [r["reference"] for r in runs]
             print(f"{name}: reference {refs[0]['kind']}, cache {[r.get('cache') for r in refs]}, "
                   f"reference pass s/run {[round(r['reference_seconds'], 2) for r in runs]}")
