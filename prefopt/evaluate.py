@@ -39,7 +39,9 @@ def load_reference_model(run_cfg, device=None):
     from prefopt.models import load_model
 
     ref = run_cfg.reference
-    path = ref.name_or_path if ref.kind == "checkpoint" and ref.get("name_or_path") else run_cfg.model.name_or_path
+    # reference=precomputed may name a separate reference model too.
+    path = (ref.name_or_path if ref.kind in ("checkpoint", "precomputed") and ref.get("name_or_path")
+            else run_cfg.model.name_or_path)
     model = load_model(path, run_cfg.model.dtype, run_cfg.model.trust_remote_code)
     return model.to(device) if device is not None else model
 
