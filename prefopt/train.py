@@ -78,6 +78,11 @@ class LossTerm:
 
 def check_config(cfg: DictConfig) -> None:
     """Range checks the type schema cannot express; each names its key."""
+    # A required value (???) left unset, e.g. experiment=zephyr_ddpo without its SFT checkpoint.
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: required, but not set; give it on the command line "
+                          f"({missing[0]}=...)")
     checks = [
         (cfg.beta > 0, f"beta={cfg.beta}: must be > 0"),
         (cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1"),
