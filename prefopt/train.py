@@ -462,6 +462,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
         policy = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
         policy.load_state_dict(full_state, strict=False)
     del optimizer
+    if hasattr(policy, "merge_and_unload"):
+        # reference=adapter_off trained LoRA adapters: merged, the benchmark and run_dir/model see a plain
+        # model that transformers and prefopt.evaluate load directly.
+        policy = policy.merge_and_unload()
 
     benchmark = None
     if cfg.benchmark.name != "none" and is_main:

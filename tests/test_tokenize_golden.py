@@ -133,6 +133,21 @@ def test_zephyr_multi_turn_with_system(zephyr):
     assert decoded(zephyr, row)["chosen_ids"] == "Red.</s>"
 
 
+def test_tokenizer_without_a_template_gets_zephyrs(chatml, tmp_path):
+    chatml.save_pretrained(tmp_path / "tok")
+    config = tmp_path / "tok" / "tokenizer_config.json"
+    data = json.loads(config.read_text())
+    data.pop("chat_template", None)
+    config.write_text(json.dumps(data))
+    for extra in tmp_path.glob("tok/chat_template.*"):
+        extra.unlink()
+    bare = load_tokenizer(str(tmp_path / "tok"))
+    assert bare.chat_template == ZEPHYR_CHAT_TEMPLATE
+    (row,) = encode_rows([pair("Hi")], bare, WIDE, "paired")
+    assert bare.decode(row["prompt_ids"]) == "<|user|>\nHi<|im_end|>\n<|assistant|>\n"
+    assert bare.decode(row["chosen_ids"]) == "Hello there<|im_end|>"
+
+
 def test_template_that_writes_bos_gets_no_second_one(zephyr):
     tok = zephyr
     original = tok.chat_template

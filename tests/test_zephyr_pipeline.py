@@ -30,10 +30,15 @@ def test_ddpo_config_is_zephyr_7b_beta():
     assert cfg.epochs == 3 and cfg.tags.variant == "zephyr_beta" and "zephyr_beta" in cfg.dataset.filters
 
 
-def test_ddpo_requires_the_sft_checkpoint():
+def test_ddpo_requires_the_sft_checkpoint(tmp_path):
+    from prefopt.train import ConfigError, run
+
     cfg = compose(["experiment=zephyr_ddpo"])
     with pytest.raises(MissingMandatoryValue, match="model.name_or_path"):
         OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    with pytest.raises(ConfigError, match=r"model.name_or_path: required, but not set"):
+        run(cfg, run_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
 
 
 def test_dsft_config_is_the_handbook_recipe():
