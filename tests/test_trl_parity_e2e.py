@@ -9,6 +9,9 @@ through the chat template and keeps everything after the prompt, so with ChatML 
 ids are identical. So the step comparison scores TRL's own token ids through prefopt's collate, scorer,
 reference and loss, and a second check shows that with prefopt's ids the numbers differ by exactly the
 newline token's log-probs.
+
+The reference is the tiny model with perturbed weights (given to both trainers), so that at the first
+step the rewards and the loss are not trivially 0 and log 2, as they would be with policy = reference.
 """
 
 from __future__ import annotations
@@ -40,6 +43,15 @@ def conversational_rows():
              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
 
 
+def perturbed_reference():
+    model = load_model("tiny", "float32")
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.05 * torch.randn(param.shape, generator=g))
+    return model
+
+
 @pytest.fixture(scope="module")
 def trl_step(tmp_path_factory):
     """TRL's DPOTrainer, one step over all N rows in one batch; returns its loss, logs, tokenized rows
@@ -56,8 +68,8 @@ def trl_step(tmp_path_factory):
                      learning_rate=LR, lr_scheduler_type="constant", beta=BETA, loss_type=["sigmoid"],
                      report_to="none", logging_steps=1, save_strategy="no", use_cpu=True, bf16=False,
                      max_grad_norm=1.0, weight_decay=0.0, seed=0, max_length=None, dataloader_num_workers=0)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=Dataset.from_list(conversational_rows()),
-                         processing_class=tokenizer)
+    trainer = DPOTrainer(model=model, ref_model=perturbed_reference(), args=args,
+                         train_dataset=Dataset.from_list(conversational_rows()), processing_class=tokenizer)
     losses_seen = []
     compute_loss = trainer.compute_loss
 
@@ -80,7 +92,7 @@ def prefopt_step(rows, initial):
     tokenizer = load_tokenizer("tiny")
     model = load_model("tiny", "float32")
     model.load_state_dict(initial)
-    reference = Reference(copy.deepcopy(model))
+    reference = Reference(perturbed_reference())
     scorer = SequenceScorer(model)
     scorer.train()
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=LR, weight_decay=0.0)
@@ -119,6 +131,7 @@ def test_one_step_matches_trl(trl_step):
     loss, metrics, grad_norm, after, _ = prefopt_step(rows, trl_step["initial"])
     logs = trl_step["logs"]
     assert loss == pytest.approx(trl_step["loss"], abs=1e-4)
+    assert abs(loss - 0.6931472) > 1e-2 and abs(metrics["rewards/margins"]) > 1e-2  # not the trivial step
     for key in ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies", "logps/chosen",
                 "logps/rejected"):
         assert metrics[key] == pytest.approx(logs[key], abs=1e-4), key
