@@ -109,7 +109,13 @@ def make_accelerator(cfg):
     # which also lets the reference be a copy of the initial policy.
     plugin = DeepSpeedPlugin(hf_ds_config=ds, zero3_init_flag=False)
     handlers = [] if cuda else [InitProcessGroupKwargs(backend="gloo")]
-    return Accelerator(cpu=False, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    accelerator = Accelerator(cpu=False, deepspeed_plugin=plugin, kwargs_handlers=handlers)
+    # The plugin registers its config with transformers, whose from_pretrained would then partition
+    # weights at load time (zero.Init) and leave the deep-copied reference empty; loads stay full here.
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    unset_hf_deepspeed_config()
+    return accelerator
 
 
 def zero_stage(accelerator) -> int:
