@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from prefopt.distributed import step_plan
-from tests.conftest import ROOT, TINY, read_metrics, read_summary, run_cli
+from tests.conftest import ROOT, TINY, compose, read_metrics, read_summary, run_cli
 
 # A learning rate that moves the tiny model visibly in 4 steps, so matching trajectories is not the
 # trivial log(2) of a policy equal to its reference.
@@ -91,3 +91,34 @@ def test_two_process_ddp_matches_single_process(tmp_path):
     assert summary["processes"] == 2 and summary["status"] == "completed"
     assert summary["throughput"]["pairs/s"] > 0
     assert summary["eval"]["eval/loss"] == pytest.approx(read_summary(single)["eval"]["eval/loss"], abs=1e-5)
+
+
+def test_launcher_and_deepspeed_configs_compose():
+    """hydra/launcher=slurm and =local_parallel resolve to the submitit and joblib plugins with our settings;
+    deepspeed=zero2|zero3 put a DeepSpeed config at cfg.deepspeed; the accelerate files parse."""
+    import yaml
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    import prefopt.train  # noqa: F401  registers the schemas
+    from prefopt.distributed import deepspeed_config
+
+    conf = ROOT / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        slurm = hydra_compose("config", ["hydra/launcher=slurm", "hydra.launcher.partition=gpu"],
+                              return_hydra_config=True)
+        local = hydra_compose("config", ["hydra/launcher=local_parallel"], return_hydra_config=True)
+        zero3 = hydra_compose("config", ["deepspeed=zero3", "model=tiny", "trainer.batch_size=2"])
+        zero2 = hydra_compose("config", ["deepspeed=zero2"])
+    assert "submitit" in slurm.hydra.launcher._target_ and slurm.hydra.launcher.gpus_per_node == 8
+    assert slurm.hydra.launcher.tasks_per_node == slurm.hydra.launcher.gpus_per_node
+    assert "joblib" in local.hydra.launcher._target_ and local.hydra.launcher.n_jobs == 2
+    assert "sweep_index" in local.hydra.callbacks
+    assert zero2.deepspeed.zero_optimization.stage == 2
+    ds = deepspeed_config(zero3)
+    assert ds["zero_optimization"]["stage"] == 3
+    # The loop accumulates itself: DeepSpeed sees one micro-batch per step of batch_size per rank.
+    assert ds["train_micro_batch_size_per_gpu"] == 2 and ds["gradient_accumulation_steps"] == 1
+    assert compose([]).deepspeed is None
+    for name in ("multi_gpu", "cpu_2proc", "fsdp"):
+        assert yaml.safe_load((conf / "accelerate" / f"{name}.yaml").read_text())["num_processes"] >= 2
