@@ -92,3 +92,38 @@ def test_check_inputs_names_the_config_key():
     with pytest.raises(losses.LossConfigError, match="reference=precomputed"):
         losses.check_inputs(frozenset({"ref_tokens"}), 4, "precomputed")
     losses.check_inputs(frozenset({"policy_tokens"}), 1, "precomputed")
+
+
+def _all_reduce_worker(rank: int, port: int, queue) -> None:
+    import torch.distributed as dist
+
+    from prefopt.losses.common import global_sum_count
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    values = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([3.0, 4.0, 5.0])
+    out = losses.compute("kto", policy_logps=values, ref_logps=torch.zeros_like(values),
+                         desirable=torch.ones_like(values, dtype=torch.bool), lengths=torch.ones(len(values)),
+                         kl_policy_logps=values, kl_ref_logps=torch.zeros_like(values), beta=0.1)
+    queue.put((rank, global_sum_count(values), float(out.metrics["kl"])))
+    dist.destroy_process_group()
+
+
+def test_kl_and_baseline_statistics_span_all_processes():
+    """Two gloo processes with rows [1, 2] and [3, 4, 5]: both see Σ = 15 over 5 rows, KL estimate 3."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_all_reduce_worker, args=(rank, port, queue)) for rank in range(2)]
+    for proc in procs:
+        proc.start()
+    results = sorted(queue.get(timeout=120) for _ in procs)
+    for proc in procs:
+        proc.join(timeout=60)
+    assert [r[1] for r in results] == [(15.0, 5), (15.0, 5)]
+    assert [r[2] for r in results] == pytest.approx([3.0, 3.0])

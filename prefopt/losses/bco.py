@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.common import unpaired_metrics
+from prefopt.losses.common import global_sum_count, unpaired_metrics
 from prefopt.losses.registry import LossOutput, UnpairedLogps, register_loss
 
 
@@ -27,8 +27,8 @@ def update_baseline(state: dict, rewards: torch.Tensor) -> None:
     RunningMoments), so δ is the mean over all training rows so far, not an EMA."""
     count = state.get("count", 0)
     mean = state.get("delta", 0.0)
-    n = rewards.numel()
-    state["delta"] = mean + (float(rewards.sum()) - n * mean) / (count + n)
+    total, n = global_sum_count(rewards)  # every process's rows, as TRL's RunningMoments gathers them
+    state["delta"] = mean + (total - n * mean) / (count + n)
     state["count"] = count + n
 
 
@@ -47,7 +47,7 @@ def bco(logps: UnpairedLogps, hp: BCOHparams, state: dict, training: bool) -> Lo
 
     δ moves only in training (``training=True``); evaluation uses the current δ, as TRL's BCOTrainer.
     The paper's underlying-distribution-matching weights (a prompt classifier) are not implemented.
-    State: ``{"delta", "count"}``, per process. Shapes: inputs ``(B,)``; returns ``(B,)``.
+    State: ``{"delta", "count"}``, the same on every process. Shapes: inputs ``(B,)``; returns ``(B,)``.
     Metrics: delta, rewards/*, logps/* as KTO's.
     """
     r = hp.beta * (logps.policy - logps.ref)

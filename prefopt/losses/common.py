@@ -217,3 +217,21 @@ def unpaired_metrics(logps: UnpairedLogps, rewards: Tensor) -> dict[str, Tensor]
     if "rewards/chosen" in metrics and "rewards/rejected" in metrics:
         metrics["rewards/margins"] = metrics["rewards/chosen"].mean() - metrics["rewards/rejected"].mean()
     return metrics
+
+
+def global_sum_count(values: Tensor) -> tuple[float, int]:
+    """``(Σ values, count)`` over every process's rows (all-reduced when torch.distributed is running).
+
+    KTO's KL estimate and BCO's reward baseline are batch statistics; TRL gathers them across ranks, so a
+    run on N processes estimates them from the same rows as one process would. Every rank calls the loss
+    the same number of times (the trainer gives each rank the same number of micro-batches), so the
+    collective cannot deadlock.
+    """
+    import torch.distributed as dist
+
+    total, count = values.detach().float().sum(), values.numel()
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        packed = torch.stack([total, torch.tensor(float(count), device=total.device)])
+        dist.all_reduce(packed)
+        return float(packed[0]), int(packed[1])
+    return float(total), count

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.losses.common import unpaired_metrics
+from prefopt.losses.common import global_sum_count, unpaired_metrics
 from prefopt.losses.registry import LossOutput, UnpairedLogps, register_loss
 
 
@@ -29,9 +29,11 @@ def kl_estimate(logps: UnpairedLogps) -> torch.Tensor:
     """z_0 = max(0, mean_i [log π(y'_i|x_i) - log π_ref(y'_i|x_i)]) over the batch's mismatched pairs, detached.
 
     (x_i, y'_i) pairs each prompt with another row's completion (the trainer rotates completions by one
-    within the micro-batch, as TRL), a sample from π_ref-ish outputs unrelated to x_i.
+    within the micro-batch, as TRL), a sample from π_ref-ish outputs unrelated to x_i. Averaged over
+    the rows of every process, as TRL's gather.
     """
-    return (logps.kl_policy - logps.kl_ref).mean().detach().clamp(min=0)
+    total, count = global_sum_count(logps.kl_policy - logps.kl_ref)
+    return torch.tensor(max(total / count, 0.0), dtype=logps.policy.dtype, device=logps.policy.device)
 
 
 @register_loss(
