@@ -228,6 +228,8 @@ def test_unreadable_files_name_the_line(tmp_path):
         load("generic", str(tmp_path / "list.jsonl"))
     with pytest.raises(DataError, match="file not found"):
         load("generic", str(tmp_path / "missing.jsonl"))
+    with pytest.raises(DataError, match="is a hub dataset: name its split"):
+        load("generic", "someone/some-pairs", None)
 
 
 def test_jsonl_lines_split_on_newline_only(tmp_path):

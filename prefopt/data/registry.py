@@ -151,6 +151,10 @@ def _read_local(path: Path, where: str) -> list[dict[str, Any]]:
 
 
 def _read_hub(hub_id: str, split: str | None, where: str) -> list[dict[str, Any]]:
+    if not split:
+        # load_dataset(split=None) returns every split at once, which is never what a loader wants.
+        raise DataError(f"{where}={hub_id!r} is a hub dataset: name its split (dataset.train_split / "
+                        "dataset.eval_split)")
     import datasets
 
     try:
