@@ -369,7 +369,7 @@ def test_cpo_matches_cpo_trainer(accelerator, extreme):
     assert torch.allclose(out.metrics["rewards/chosen"], trl_chosen, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("extreme", [0.0, 20.0, -20.0])
+@pytest.mark.parametrize("extreme", [0.0, 50.0, -50.0])
 def test_orpo_odds_ratio_matches_orpo_trainer(accelerator, extreme):
     """ORPO's odds-ratio term, rewards and log-odds metrics equal ORPOTrainer.odds_ratio_loss on the same
     mean log-probs; the NLL part differs by design (TRL's includes prompt tokens, see orpo.py)."""
