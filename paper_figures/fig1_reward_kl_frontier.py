@@ -1,16 +1,16 @@
 """Paper figure 1: the DPO paper's reward–KL frontier (its Fig. 2, left) in miniature, for DPO and IPO.
 
-    flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py frontier   # the runs (~40 min here)
+    flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py frontier   # the runs (~30 min here)
     python paper_figures/fig1_reward_kl_frontier.py                               # this figure, seconds
 
 Reads only the run directories in paper_figures/runs/frontier/ (config.yaml, summary.json) and writes
 paper_figures/fig1_reward_kl_frontier.png, printing the numbers it plots.
 
 Scale, honestly: SmolLM2-135M-Instruct on 2 shared CPU cores; 3 optimizer steps of 4 built-in sentiment
-pairs per run (lr 5e-5); β in {0.05, 0.1, 0.5}; the reward is VADER's compound score of one sampled
-completion (24 new tokens) for each of 24 held-out prompts, the KL is the sampled sequence-level
+pairs per run (lr 1e-4); β in {0.05, 0.5}; the reward is VADER's compound score of one sampled
+completion (16 new tokens) for each of 16 held-out prompts, the KL is the sampled sequence-level
 estimate E_{y~π}[log π(y|x) − log π_ref(y|x)] over the same samples. The DPO paper trains GPT-2-large on
-IMDb for thousands of steps; this shows the instrument end to end, not that result. With 24 prompts the
+IMDb for thousands of steps; this shows the instrument end to end, not that result. With 16 prompts the
 CIs are wide: read the points, not the ranking.
 """
 

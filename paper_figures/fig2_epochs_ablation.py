@@ -6,10 +6,10 @@
 Reads only paper_figures/runs/epochs/ (config.yaml, metrics.jsonl, summary.json) and writes
 paper_figures/fig2_epochs_ablation.png, printing the numbers it plots.
 
-Scale, honestly: SmolLM2-135M-Instruct, DPO β=0.1, lr 5e-5, on 8 of the built-in sentiment pairs (4 per
+Scale, honestly: SmolLM2-135M-Instruct, DPO β=0.1, lr 1e-4, on 8 of the built-in sentiment pairs (4 per
 step): ``variant=zephyr_alpha`` trains 1 epoch (2 steps), ``variant=zephyr_beta`` 3 epochs (6 steps,
 with the zephyr_beta data filters, which keep every one of these pairs or say how many they drop in
-summary.json). The benchmark delta is the sentiment benchmark's (24 prompts, VADER), not MT-Bench:
+summary.json). The benchmark delta is the sentiment benchmark's (16 prompts, VADER), not MT-Bench:
 Zephyr's ablation is Mistral-7B on UltraFeedback judged by GPT-4, far beyond a CPU.
 """
 
