@@ -72,12 +72,21 @@ def trajectory(run_dir):
              r.get("eval/rewards/margins")), r.get("grad_norm")) for r in records]
 
 
-def test_two_process_ddp_matches_single_process(tmp_path):
+@pytest.fixture(scope="module")
+def single(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("single")
+    run_cli(TINY + MOVING + ["trainer.batch_size=4"], run_dir, env={"OMP_NUM_THREADS": "1"})
+    return run_dir
+
+
+@pytest.mark.parametrize("reference", ["frozen", pytest.param("precomputed", marks=pytest.mark.slow)])
+def test_two_process_ddp_matches_single_process(reference, single, tmp_path):
     """2 processes x batch 2 = the global batch 4 of one process: same loss, margins, grad norms and
-    eval metrics at every step, within 1e-5; one metrics.jsonl written by rank 0 only."""
-    single, double = tmp_path / "single", tmp_path / "double"
-    run_cli(TINY + MOVING + ["trainer.batch_size=4"], single, env={"OMP_NUM_THREADS": "1"})
-    launch_two_processes(TINY + MOVING + ["trainer.batch_size=2"], double)
+    eval metrics at every step, within 1e-5; one metrics.jsonl written by rank 0 only. With
+    reference=precomputed every rank scores the reference log-probs before training; the baseline is the
+    frozen reference, which gives the same numbers."""
+    double = tmp_path / "double"
+    launch_two_processes(TINY + MOVING + ["trainer.batch_size=2", f"reference={reference}"], double)
     a, b = trajectory(single), trajectory(double)
     assert [(s, k) for s, k, *_ in a] == [(s, k) for s, k, *_ in b]
     assert [k for s, k, *_ in b if s == "train"] == [1, 2, 3, 4]  # rank 0 alone wrote: no line twice
