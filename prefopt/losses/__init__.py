@@ -1,7 +1,8 @@
 """Preference-optimization losses: a registry of pure functions over per-sequence log-probs.
 
 ``prefopt.losses.compute(name, ...)`` runs one from a notebook; ``available()`` lists them.
-Importing this package registers every built-in loss (one module per loss).
+Importing this package registers every built-in loss (one module per loss); ``common`` holds the shared
+rewards/metrics and the modifiers (LD-DPO, f-divergence, WPO), ``inputs`` what the trainer hands a loss.
 """
 
 import importlib

@@ -32,8 +32,8 @@ class PairLogps:
 
     ``*_logps`` are sums of token log-probs over the completion only (prompt and padding masked);
     ``*_lengths`` count those completion tokens. ``ref_*`` is ``None`` for reference-free training.
-    ``extras`` carries optional per-batch tensors that some modifiers need (e.g. WPO's per-token
-    log-prob weights); a loss that needs one says so in its docstring.
+    ``extras`` carries the token-level inputs a loss declared (see ``INPUTS``): per-token log-probs for
+    LD-DPO, WPO's normalizer; the trainer fills only what the configured losses declare.
     """
 
     policy_chosen: Tensor
