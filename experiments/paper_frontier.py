@@ -17,7 +17,7 @@ seeds): VADER reward and the sampled KL(π‖π_ref).
 is Mistral-7B on UltraFeedback judged by MT-Bench.
 
 Each sweep is one Hydra multirun of ``prefopt.train``; its run directories land in
-``paper_figures/runs/<name>/`` and the figure scripts read only those files. A loss that is not
+``paper_figures/sweeps/<name>/`` and the figure scripts read only those files. A loss that is not
 registered is replaced by conservative DPO (``loss.dpo.label_smoothing=0.2``), and the script says so.
 """
 
@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-RUNS = ROOT / "paper_figures" / "runs"
+RUNS = ROOT / "paper_figures" / "sweeps"
 
 COMMON = [
     "model=smollm2-135m", "dataset=sentiment", "benchmark=sentiment",

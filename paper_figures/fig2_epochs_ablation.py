@@ -3,7 +3,7 @@
     flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py epochs   # the runs (~20 min here)
     python paper_figures/fig2_epochs_ablation.py                               # this figure, seconds
 
-Reads only paper_figures/runs/epochs/ (config.yaml, metrics.jsonl, summary.json) and writes
+Reads only paper_figures/sweeps/epochs/ (config.yaml, metrics.jsonl, summary.json) and writes
 paper_figures/fig2_epochs_ablation.png, printing the numbers it plots.
 
 Scale, honestly: SmolLM2-135M-Instruct, DPO β=0.1, lr 1e-4, on 8 of the built-in sentiment pairs (4 per
@@ -29,7 +29,7 @@ from analysis import load_metrics, load_runs, plots  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default=str(ROOT / "paper_figures" / "runs" / "epochs"))
+    parser.add_argument("--runs", default=str(ROOT / "paper_figures" / "sweeps" / "epochs"))
     parser.add_argument("--out", default=str(ROOT / "paper_figures" / "fig2_epochs_ablation.png"))
     args = parser.parse_args()
     runs = load_runs(args.runs)

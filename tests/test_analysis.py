@@ -158,7 +158,7 @@ def test_evaluate_cli_errors_are_one_line(sweep, tmp_path, capsys):
 def test_committed_paper_figures_match_their_scripts(script, tmp_path):
     """Each committed paper figure is what its script draws from the committed run directories."""
     committed = ROOT / "paper_figures" / f"{script}.png"
-    runs = ROOT / "paper_figures" / "runs" / ("frontier" if "frontier" in script else "epochs")
+    runs = ROOT / "paper_figures" / "sweeps" / ("frontier" if "frontier" in script else "epochs")
     if not committed.is_file() or not runs.is_dir():
         pytest.skip(f"{committed.name} or {runs} not generated yet")
     out = tmp_path / f"{script}.png"
