@@ -47,7 +47,8 @@ def test_duplicate_registration_is_rejected():
 
 def test_every_registered_loss_has_exactly_one_yaml():
     yamls = {p.stem for p in (CONF / "loss").glob("*.yaml")}
-    assert yamls == set(losses.names())
+    # Plug-ins registered by other tests in this process (tests/plugins_example) have no YAML by design.
+    assert yamls == {n for n in losses.names() if losses.get(n).builtin}
 
 
 def test_compute_dpo_worked_numbers():

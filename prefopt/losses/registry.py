@@ -93,6 +93,11 @@ class LossSpec:
         return frozenset(self.needs) | frozenset(extra)
 
     @property
+    def builtin(self) -> bool:
+        """Shipped with prefopt (as opposed to a plug-in from ``loss_modules``)."""
+        return self.fn.__module__.startswith("prefopt.losses.")
+
+    @property
     def doc(self) -> str:
         return (self.fn.__doc__ or "").strip()
 
@@ -232,6 +237,7 @@ def available() -> list[dict[str, Any]]:
                 paper=spec.paper,
                 needs=list(spec.needs),
                 stateful=spec.stateful,
+                builtin=spec.builtin,
                 hparams={f.name: f.default for f in dataclasses.fields(spec.hparams)},
             )
         )
