@@ -74,8 +74,9 @@ def run_stage(name: str, cmd: list[str], record: dict, out: Path) -> None:
         raise PipelineError(f"stage {name} failed with exit code {proc.returncode}; see its output above")
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+def parse_args(argv: list[str] | None) -> tuple[argparse.Namespace, list[str], list[str], list[str]]:
+    # allow_abbrev=False: otherwise argparse reads "--sft" as an abbreviation of --sft-checkpoint.
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False,
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/zephyr"), help="pipeline directory")
     parser.add_argument("--variants", default=VARIANTS, help="comma-separated dDPO variants (one multirun)")
@@ -86,8 +87,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [a for a in rest if a.startswith("--") and a not in ("--sft", "--dpo")]
     if unknown:
         parser.error(f"unknown option(s): {' '.join(unknown)}")
-    common, sft_overrides, dpo_overrides = split_overrides(rest)
+    return (args, *split_overrides(rest))
 
+
+def main(argv: list[str] | None = None) -> int:
+    args, common, sft_overrides, dpo_overrides = parse_args(argv)
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     sft_dir = out / "dsft"

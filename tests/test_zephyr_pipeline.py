@@ -128,6 +128,10 @@ def test_pipeline_arguments_and_a_bad_checkpoint(tmp_path, capsys):
     pipeline = load_pipeline_module()
     assert pipeline.split_overrides(["model=tiny", "--sft", "a=1", "--dpo", "b=2", "c=3", "--sft", "d=4"]) == (
         ["model=tiny"], ["a=1", "d=4"], ["b=2", "c=3"])
+    args, common, sft, dpo = pipeline.parse_args(["--out", "o", "x=1", "--sft", "a=1", "--dpo", "b=2",
+                                                  "--variants", "zephyr_alpha"])
+    assert (common, sft, dpo) == (["x=1"], ["a=1"], ["b=2"])
+    assert args.sft_checkpoint is None and args.variants == "zephyr_alpha" and str(args.out) == "o"
     assert pipeline.main(["--out", str(tmp_path), "--sft-checkpoint", str(tmp_path / "nowhere"), "model=tiny"]) == 1
     record = json.loads((tmp_path / "pipeline.json").read_text())
     assert "no config.json" in record["error"] and "nowhere" in capsys.readouterr().err
