@@ -140,3 +140,17 @@ def test_corrupt_cache_entry_is_rebuilt(tok, tmp_path, caplog):
     assert "unreadable" in caplog.text and again.train == first.train
     assert again.stats["train"]["tokenized_cache_miss"] == 1
     assert not list((tmp_path / "cache").glob(".*.tmp"))  # nothing half-written left behind
+
+
+def test_concurrent_jobs_share_one_cache_entry(tok, tmp_path):
+    """Jobs of a multirun racing on the same entry: each writes a whole file and renames it into place, so
+    every job gets the same rows and no temp file is left behind."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    path = write(tmp_path / "t.jsonl", [uf_row(i) for i in range(12)])
+    cfg = dcfg(tmp_path, path=path, eval_path=path)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: build_datasets(cfg, tok, "paired"), range(4)))
+    assert all(r.train == results[0].train for r in results)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1 and not list((tmp_path / "cache").glob(".*"))
+    assert build_datasets(cfg, tok, "paired").stats["train"]["tokenized_cache_hit"] == 1
