@@ -9,8 +9,8 @@ A checkpoint is a directory ``<run_dir>/checkpoints/step-00000040/`` holding
 - ``state.json``: step, scheduler state, the byte offset of ``metrics.jsonl`` at that step, running
   totals for summary.json, the resolved config it was written under, and ``rng/<rank>``: every process's
   Python, NumPy and torch RNG states;
-- ``reference.safetensors``: only for references that change during training (they expose
-  ``state_dict``/``load_state_dict``).
+- ``reference.safetensors``: only for references whose weights change during training
+  (``reference=sync``, TR-DPO).
 
 It is written into a hidden temp directory and renamed into place, so a checkpoint directory either is
 complete or does not exist: a SIGKILL during a save leaves the previous checkpoint as the latest. Old
@@ -169,11 +169,9 @@ def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, 
         save_model(model, str(tmp / "model.safetensors"))
         _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
         _torch_save(loss_states, tmp / "loss_state.pt")
-        if hasattr(reference, "state_dict") and callable(reference.state_dict):
-            from safetensors.torch import save_file
-
-            save_file({k: v.contiguous() for k, v in reference.state_dict().items()},
-                      str(tmp / "reference.safetensors"))
+        moving = _moving_reference(reference)
+        if moving is not None:
+            save_model(moving, str(tmp / "reference.safetensors"))
         state = {
             "step": step,
             "metrics_offset": metrics_offset,
@@ -196,6 +194,14 @@ def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, 
             shutil.rmtree(tmp, ignore_errors=True)
         accelerator.wait_for_everyone()
     return final
+
+
+def _moving_reference(reference):
+    """The reference model if its weights change during training (TR-DPO's sync reference, or any reference
+    declaring ``moves_during_training``), else None: a frozen reference is rebuilt from the initial model."""
+    if getattr(reference, "kind", None) == "sync" or getattr(reference, "moves_during_training", False):
+        return getattr(reference, "model", None)
+    return None
 
 
 def _prune(root: Path, keep_last: int) -> None:
@@ -237,10 +243,12 @@ def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: l
     for live, saved in zip(loss_states, saved_losses, strict=True):
         live.clear()
         live.update(saved)
-    if (path / "reference.safetensors").is_file() and hasattr(reference, "load_state_dict"):
-        from safetensors.torch import load_file
-
-        reference.load_state_dict(load_file(str(path / "reference.safetensors")))
+    moving = _moving_reference(reference)
+    if moving is not None:
+        if not (path / "reference.safetensors").is_file():
+            raise CheckpointError(f"resume: {path} has no reference.safetensors for reference kind "
+                                  f"{getattr(reference, 'kind', '?')!r}, whose weights change during training")
+        load_model(moving, str(path / "reference.safetensors"), strict=False)
     _set_rng_state(state["rng"][str(accelerator.process_index)])
     return TrainState(step=int(state["step"]), metrics_offset=int(state["metrics_offset"]),
                       counters=state.get("counters", {}), path=path)

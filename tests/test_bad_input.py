@@ -1,6 +1,10 @@
 """Bad input: each case gives one clear message naming the file/row/key (or a counted skip where
 configured) and leaves no half-written run directory. (A resume directory from a different config is in
-tests/test_resume.py.)"""
+tests/test_resume.py.)
+
+Subprocess and whole-run cases are marked slow to keep the default suite short; CI runs them in its
+`pytest -m slow` step.
+"""
 
 from __future__ import annotations
 
@@ -53,6 +57,7 @@ def test_wrong_type_names_row_and_field(tmp_path):
     run_expecting(data_overrides(path), tmp_path / "run", DataError, r"row 5\b.*'chosen'")
 
 
+@pytest.mark.slow
 def test_wrong_type_is_a_counted_skip_when_configured(tmp_path):
     from prefopt.train import run
 
@@ -64,6 +69,7 @@ def test_wrong_type_is_a_counted_skip_when_configured(tmp_path):
     assert skipped == 1 and summary["data"]["train_rows"] + summary["data"]["eval_rows"] == 12
 
 
+@pytest.mark.slow
 def test_one_megabyte_prompt_is_truncated_and_counted(tmp_path):
     from prefopt.train import run
 
@@ -95,6 +101,7 @@ def test_negative_learning_rate_names_the_key(tmp_path):
     run_expecting(["optimizer.lr=-1e-3"], tmp_path / "run", ConfigError, r"optimizer\.lr=-0\.001: must be > 0")
 
 
+@pytest.mark.slow
 def test_unknown_config_key_is_one_clear_cli_error(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(TINY + ["trainer.bacth_size=4"], run_dir, check=False)
@@ -103,6 +110,7 @@ def test_unknown_config_key_is_one_clear_cli_error(tmp_path):
     assert_no_run_files(run_dir)
 
 
+@pytest.mark.slow
 def test_user_error_on_the_cli_is_one_line(tmp_path):
     path = tmp_path / "pairs.jsonl"
     path.write_text("")
@@ -119,6 +127,7 @@ def test_unknown_logger_names_the_key(tmp_path):
     run_expecting(["logger.name=tensorboard"], tmp_path / "run", ConfigError, r"logger\.name='tensorboard'")
 
 
+@pytest.mark.slow
 def test_completed_runs_leave_no_temp_files(tmp_path):
     run_cli(TINY, tmp_path)
     assert not [p for p in tmp_path.rglob("*") if p.name.endswith(".tmp") or p.name.startswith(".step-")]

@@ -1,6 +1,10 @@
 """Faults: a NaN stops the run with one clear line and the last good checkpoint kept (or is skipped and
 counted); a full disk or an unwritable path is reported with the path and leaves no temp file; one failed
-job of a sweep is recorded in sweep.json and loses nothing else."""
+job of a sweep is recorded in sweep.json and loses nothing else.
+
+Subprocess and whole-run cases are marked slow to keep the default suite short; CI runs them in its
+`pytest -m slow` step.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from tests.conftest import TINY, compose, read_metrics, read_summary, run_cli
 RUN = TINY + ["trainer.max_steps=3", "trainer.checkpoint_every=1", "trainer.eval_every=0"]
 
 
+@pytest.mark.slow
 def test_nan_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     proc = run_cli(RUN, run_dir, check=False, env={"PREFOPT_INJECT_FAULT": "nan:2"})
@@ -34,6 +39,7 @@ def test_nan_stops_with_one_line_and_keeps_last_good_checkpoint(tmp_path):
     assert not list(run_dir.rglob("*.tmp"))
 
 
+@pytest.mark.slow
 def test_nan_skip_drops_the_update_and_counts_it(tmp_path, monkeypatch):
     from prefopt.train import run
 
@@ -85,6 +91,7 @@ def test_metrics_line_write_failure_names_the_file(tmp_path):
         writer.write({"step": 1})
 
 
+@pytest.mark.slow
 def test_checkpoint_on_full_disk_keeps_the_previous_one(tmp_path, monkeypatch):
     """A save that fails half-way leaves no partial step directory; the older checkpoint stays latest."""
     from prefopt.train import run
@@ -101,6 +108,7 @@ def test_checkpoint_on_full_disk_keeps_the_previous_one(tmp_path, monkeypatch):
     assert not list((tmp_path / "second" / "checkpoints").glob(".step-*"))
 
 
+@pytest.mark.slow
 def test_run_dir_under_a_file_is_one_clear_error(tmp_path):
     from prefopt.train import USER_ERRORS, run
 
@@ -110,6 +118,7 @@ def test_run_dir_under_a_file_is_one_clear_error(tmp_path):
         run(compose(TINY), blocker / "run")
 
 
+@pytest.mark.slow
 def test_sweep_with_one_failed_job_records_it_and_finishes_the_others(tmp_path):
     """Two jobs in parallel (hydra/launcher=local_parallel); the NaN makes the `stop` job fail, the `skip`
     job completes. sweep.json lists both with their status; the failure costs nothing else."""

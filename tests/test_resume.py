@@ -36,8 +36,11 @@ def assert_close(a, b, tol=1e-6):
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The reference run, in-process (the CLI's run() without a subprocess start-up)."""
+    from prefopt.train import run
+
     run_dir = tmp_path_factory.mktemp("full")
-    run_cli(RUN, run_dir)
+    run(compose(RUN), run_dir)
     return run_dir
 
 
@@ -60,6 +63,21 @@ def test_sigkill_then_resume_auto_matches_uninterrupted_run(tmp_path, uninterrup
     assert abs(summary["eval"]["eval/loss"] - read_summary(uninterrupted)["eval"]["eval/loss"]) <= 1e-6
     # The loss moved, so matching is not a property of an untrained model.
     assert abs(full[0]["loss"] - summary["eval"]["eval/loss"]) > 1e-3
+
+
+@pytest.mark.slow
+def test_resume_restores_a_moving_reference(tmp_path):
+    """reference=sync (TR-DPO) changes the reference at step 3; the checkpoint at step 4 must carry it."""
+    from prefopt.train import run
+
+    overrides = RUN + ["reference=sync", "reference.sync_steps=3"]
+    run(compose(overrides), tmp_path / "full")
+    run_dir = tmp_path / "run"
+    killed = run_cli(overrides, run_dir, check=False, env={"PREFOPT_INJECT_FAULT": "kill:5"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (checkpoint.checkpoint_dirs(run_dir)[-1] / "reference.safetensors").is_file()
+    run_cli(overrides + ["resume=auto"], run_dir)
+    assert_close(comparable(read_metrics(run_dir)), comparable(read_metrics(tmp_path / "full")))
 
 
 def test_checkpoint_contents_and_keep_last(uninterrupted):

@@ -1,5 +1,9 @@
 """logger=wandb without an API key runs offline and never blocks; the run files it writes hold the same
-metrics as metrics.jsonl, and no secret from the environment."""
+metrics as metrics.jsonl, and no secret from the environment.
+
+Subprocess and whole-run cases are marked slow to keep the default suite short; CI runs them in its
+`pytest -m slow` step.
+"""
 
 from __future__ import annotations
 
@@ -52,6 +56,7 @@ def wandb_run(tmp_path_factory):
     return run_dir, proc
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_files_match_metrics_jsonl(wandb_run):
     run_dir, proc = wandb_run
     assert "logging offline" in (run_dir / "train.log").read_text()
@@ -73,6 +78,7 @@ def test_wandb_offline_run_files_match_metrics_jsonl(wandb_run):
     assert (run_dir / "wandb_run_id.txt").read_text().strip() in runs[0].name  # resume reuses the id
 
 
+@pytest.mark.slow
 def test_no_secret_in_any_run_file(wandb_run):
     run_dir, _ = wandb_run
     leaked = [p for p in run_dir.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
