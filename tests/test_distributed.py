@@ -131,3 +131,24 @@ def test_launcher_and_deepspeed_configs_compose():
     assert compose([]).deepspeed is None
     for name in ("multi_gpu", "cpu_2proc", "fsdp"):
         assert yaml.safe_load((conf / "accelerate" / f"{name}.yaml").read_text())["num_processes"] >= 2
+
+
+def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
+    """Under hydra/launcher=slurm with tasks_per_node > 1, each SLURM task exports the variables accelerate
+    reads (checked against submitit's own view of the job, faked here: no cluster in CI)."""
+    import submitit
+
+    from prefopt.distributed import adopt_slurm_environment
+
+    class FakeJob:
+        num_tasks, num_nodes, global_rank, local_rank = 16, 2, 11, 3
+        hostnames = ["gpu-node-07", "gpu-node-08"]
+
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(name, "")  # records the original state, so the teardown undoes what is set below
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
+    monkeypatch.setattr(submitit, "JobEnvironment", FakeJob)
+    adopt_slurm_environment()
+    assert (os.environ["RANK"], os.environ["LOCAL_RANK"], os.environ["WORLD_SIZE"]) == ("11", "3", "16")
+    assert os.environ["LOCAL_WORLD_SIZE"] == "8" and os.environ["MASTER_ADDR"] == "gpu-node-07"
