@@ -24,6 +24,7 @@ each epoch is a pure function of (seed, epoch), so the loop skips the steps alre
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -38,6 +39,7 @@ import torch
 
 from prefopt.io import RunFileError, atomic_write_json, dumps
 
+log = logging.getLogger(__name__)
 CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})$")
 # Keys that may change between the interrupted run and its resumption without changing the results.
@@ -105,17 +107,21 @@ def config_differences(saved: dict, current: dict) -> list[str]:
             for k in sorted(set(a) | set(b)) if not ignored(k) and a.get(k, "<absent>") != b.get(k, "<absent>")]
 
 
-def check_fresh_run_dir(run_dir: Path, resume: str | None) -> None:
-    """A run never appends to another run's files: starting fresh in a directory that already holds a
-    run is an error unless resume=auto (which continues it, or restarts it cleanly if it has no
-    checkpoint yet)."""
-    if resume not in (None, "", "null", "none", "false"):
+def clear_previous_run(run_dir: Path) -> None:
+    """A fresh run (no checkpoint to resume) in a directory that holds an earlier run starts clean: its
+    summary.json and checkpoints are removed (metrics.jsonl is cut to zero by the caller), so nothing of
+    the old run can be mistaken for the new one or resumed into it. Rank 0 only."""
+    old = [p for p in (run_dir / "summary.json", run_dir / "metrics.jsonl", run_dir / CHECKPOINTS) if p.exists()]
+    if not old:
         return
-    if (run_dir / "metrics.jsonl").exists() or checkpoint_dirs(run_dir):
-        raise CheckpointError(
-            f"run directory {run_dir} already holds a run (metrics.jsonl or checkpoints); set resume=auto to "
-            "continue it, or choose a new directory"
-        )
+    log.warning("run directory %s holds an earlier run (%s); starting over (resume=auto continues a run "
+                "from its newest checkpoint)", run_dir, ", ".join(p.name for p in old))
+    try:
+        (run_dir / "summary.json").unlink(missing_ok=True)
+        if (run_dir / CHECKPOINTS).exists():
+            shutil.rmtree(run_dir / CHECKPOINTS)
+    except OSError as err:
+        raise RunFileError(err.errno, f"cannot clear the earlier run in {run_dir}: {err.strerror or err}") from err
 
 
 def _rng_state() -> dict[str, Any]:

@@ -306,9 +306,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     is_main = accelerator.is_main_process
     install_log_redaction()
     resume_from = checkpoint.resolve_resume(cfg.resume, run_dir)
-    if resume_from is None:
-        checkpoint.check_fresh_run_dir(run_dir, cfg.resume)
-    accelerator.wait_for_everyone()  # every rank has looked at run_dir before rank 0 writes into it
+    if resume_from is None and is_main:
+        checkpoint.clear_previous_run(run_dir)  # a fresh run in a used directory starts clean
+    accelerator.wait_for_everyone()  # every rank has resolved the resume point before rank 0 writes
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.trust_remote_code)
     datasets = data_lib.build_datasets(cfg.dataset, tokenizer, kind, cfg.model.eot_token)

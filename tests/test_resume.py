@@ -116,13 +116,16 @@ def test_resume_from_different_config_names_the_keys(tmp_path, uninterrupted):
     assert not (tmp_path / "other" / "metrics.jsonl").exists()
 
 
-def test_fresh_run_refuses_a_used_directory(uninterrupted):
+def test_fresh_run_in_a_used_directory_starts_clean(tmp_path):
+    """resume=null where a run was killed: the old log, summary and checkpoints go, nothing is appended."""
     from prefopt.train import run
 
-    before = (uninterrupted / "metrics.jsonl").read_bytes()
-    with pytest.raises(checkpoint.CheckpointError, match="already holds a run.*resume=auto"):
-        run(compose(RUN), uninterrupted)
-    assert (uninterrupted / "metrics.jsonl").read_bytes() == before  # untouched
+    run_dir = tmp_path / "run"
+    run(compose(TINY + ["trainer.max_steps=2", "trainer.checkpoint_every=1"]), run_dir)
+    assert checkpoint.checkpoint_dirs(run_dir)
+    summary = run(compose(TINY + ["trainer.max_steps=1"]), run_dir)
+    assert [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"] == [1]
+    assert checkpoint.checkpoint_dirs(run_dir) == [] and summary["steps"] == 1
 
 
 def test_resume_path_without_checkpoint_is_a_clear_error(tmp_path):
