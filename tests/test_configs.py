@@ -55,18 +55,29 @@ def test_root_config_defaults():
 
 # dataset: each option reads its own local file (dataset.path), so the options cannot share one multirun's
 # overrides; tests/test_data_configs.py runs every dataset YAML with its own test-overrides instead.
-@pytest.mark.parametrize("group", [g for g in GROUPS if g not in NOT_TRAINER_GROUPS and g not in ("loss", "dataset")])
-def test_every_yaml_trains_on_tiny(group, tmp_path):
-    """All options of a group as one multirun on the tiny model; each job must complete."""
-    options = yaml_options(group)
-    extra = []
-    for option in options:
-        extra += test_overrides(CONF / group / f"{option}.yaml")
+def option_batches(group: str) -> list[tuple[list[str], list[str]]]:
+    """Options of a group batched by identical test-overrides, so each batch runs as one multirun."""
+    batches: dict[tuple[str, ...], list[str]] = {}
+    for option in yaml_options(group):
+        batches.setdefault(tuple(test_overrides(CONF / group / f"{option}.yaml")), []).append(option)
+    return [(options, list(extra)) for extra, options in batches.items()]
+
+
+TRAIN_CASES = [(g, options, extra) for g in GROUPS if g not in NOT_TRAINER_GROUPS and g not in ("loss", "dataset")
+               for options, extra in option_batches(g)]
+
+
+@pytest.mark.parametrize(("group", "options", "extra"), TRAIN_CASES,
+                         ids=[f"{g}:{','.join(o)}" for g, o, _ in TRAIN_CASES])
+def test_every_yaml_trains_on_tiny(group, options, extra, tmp_path):
+    """Every option of every group trains a couple of steps on the tiny model (losses: tests/test_loss_cli.py,
+    datasets: tests/test_data_configs.py)."""
     if any(str(SHARED_DATA) in o for o in extra) and not SHARED_DATA.is_dir():
-        pytest.skip(f"{group}: a config needs {SHARED_DATA}, which is absent")
-    # Later overrides win, so TINY comes after the group's own needs (an experiment may pick a model).
+        pytest.skip(f"{group}: {options} need {SHARED_DATA}, which is absent")
+    # Later overrides win, so TINY comes after the options' own needs (an experiment may pick a model),
+    # except TINY's own choice for the group under test.
     tiny = [o for o in TINY if not o.startswith(f"{group}=")]
-    overrides = [f"{group}={','.join(options)}"] + sorted(set(extra)) + tiny
+    overrides = [f"{group}={','.join(options)}"] + extra + tiny
     run_cli(overrides, tmp_path, multirun=True, timeout=900)
     summaries = [read_summary(p.parent) for p in tmp_path.glob("*/summary.json")]
     assert len(summaries) == len(options), f"{group}: {len(summaries)} of {len(options)} jobs finished"
