@@ -107,6 +107,10 @@ def check_config(cfg: DictConfig) -> None:
         (cfg.deepspeed is None or cfg.trainer.checkpoint_every == 0,
          "trainer.checkpoint_every: resumable checkpoints are not supported with deepspeed yet; use DDP or "
          "set trainer.checkpoint_every=0"),
+        # TR-DPO's sync mixes the policy's weights into the reference; under ZeRO-3 each rank holds a shard.
+        (cfg.deepspeed is None or cfg.reference.kind != "sync" or
+         cfg.deepspeed.get("zero_optimization", {}).get("stage") != 3,
+         "reference=sync is not supported with deepspeed=zero3 (the policy's weights are sharded); use zero2"),
         # The end-of-run benchmark generates on rank 0 alone; ZeRO-3 weights live on every rank.
         (cfg.deepspeed is None or cfg.benchmark.name == "none" or
          cfg.deepspeed.get("zero_optimization", {}).get("stage") != 3,
