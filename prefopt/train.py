@@ -213,6 +213,8 @@ def weighted_sum(value: torch.Tensor, weights: torch.Tensor) -> float:
 def tokens_of(batch: dict, weights: torch.Tensor) -> float:
     """Non-padding tokens of the real examples of a collated batch (paired batches hold 2 rows each)."""
     per_row = batch["attention_mask"].sum(-1).float()
+    if per_row.numel() % weights.numel():  # rows not laid out per example: share the tokens by weight
+        return float(per_row.sum() * weights.float().mean())
     return float((per_row.view(-1, weights.numel()) * weights).sum())
 
 
