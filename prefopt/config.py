@@ -2,7 +2,7 @@
 
 ``conf/config.yaml`` starts from ``prefopt_schema``, so a typo (``bta=0.1``) or a wrong type
 (``epochs=three``) fails at compose time with the full key named. Each loss's hyperparameters are
-typed too: ``@register_loss``'s dataclass is stored as ``loss/_schema_<name>`` and every
+typed too: ``@register_loss``'s dataclass is stored as ``_loss_schema/<name>`` and every
 ``conf/loss/<name>.yaml`` builds on it.
 """
 
@@ -204,18 +204,6 @@ class LoggerConfig:
 
 
 @dataclass
-class LoggerConfig:
-    # jsonl: metrics.jsonl only. wandb: metrics.jsonl and Weights & Biases.
-    name: str = "jsonl"
-    project: str = "prefopt"
-    entity: str | None = None
-    group: str | None = None
-    tags: list[str] = field(default_factory=list)
-    # auto: online with an API key (WANDB_API_KEY or ~/.netrc), offline otherwise, so it never blocks.
-    mode: str = "auto"
-
-
-@dataclass
 class PrefoptConfig:
     # The loss strength β, shared by every loss config through ${beta}.
     beta: float = 0.1
@@ -265,7 +253,8 @@ def register_configs(plugin_modules: list[str] | None = None) -> None:
     for name in losses.names():
         spec = losses.get(name)
         schema = _with_weight(spec.hparams)
-        cs.store(group="loss", name=f"_schema_{name}", node=schema, package=f"loss.{name}")
+        # Kept out of the loss group so that Hydra's "Available options in 'loss'" lists only losses.
+        cs.store(group="_loss_schema", name=name, node=schema)
         if not (LOSS_CONF / f"{name}.yaml").exists():
             entry = OmegaConf.structured(schema)
             if "beta" in entry:
