@@ -154,24 +154,40 @@ def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, 
          reference, metrics_offset: int, counters: dict, config: dict, keep_last: int) -> Path | None:
     """Write checkpoint ``step`` (collective: every rank calls it; rank 0 writes the files). Returns its
     path on rank 0."""
-    from safetensors.torch import save_model
-
-    run_dir = Path(run_dir)
-    root = run_dir / CHECKPOINTS
-    final = root / f"step-{step:08d}"
+    final = Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
     if accelerator.num_processes > 1:
         from accelerate.utils import gather_object
 
         rngs = gather_object([_rng_state()])
     else:
         rngs = [_rng_state()]
-    if not accelerator.is_main_process:
-        accelerator.wait_for_everyone()
-        return None
+    failure = _write_checkpoint(final, step, model=model, optimizer=optimizer, scheduler=scheduler,
+                                loss_states=loss_states, reference=reference, metrics_offset=metrics_offset,
+                                counters=counters, config=config, rngs=rngs, world=accelerator.num_processes,
+                                keep_last=keep_last) if accelerator.is_main_process else None
+    if accelerator.num_processes > 1:
+        # Every rank learns whether rank 0's write failed (a full disk), so all stop instead of the others
+        # waiting forever in their next collective.
+        from accelerate.utils import broadcast_object_list
+
+        box = [failure]
+        broadcast_object_list(box, from_process=0)
+        failure = box[0]
+    if failure is not None:
+        raise RunFileError(failure[0], failure[1])
+    return final if accelerator.is_main_process else None
+
+
+def _write_checkpoint(final: Path, step: int, *, model, optimizer, scheduler, loss_states, reference,
+                      metrics_offset, counters, config, rngs, world, keep_last) -> tuple[int, str] | None:
+    """Rank 0's part of ``save``; returns (errno, message) on an OS error instead of raising."""
+    from safetensors.torch import save_model
+
+    root = final.parent
     tmp = None
     try:
         root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".step-{step:08d}."))
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
         save_model(model, str(tmp / "model.safetensors"))
         _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
         _torch_save(loss_states, tmp / "loss_state.pt")
@@ -183,7 +199,7 @@ def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, 
             "metrics_offset": metrics_offset,
             "scheduler": scheduler.state_dict(),
             "counters": counters,
-            "world_size": accelerator.num_processes,
+            "world_size": world,
             "rng": {str(rank): s for rank, s in enumerate(rngs)},
             "config": config,
         }
@@ -194,12 +210,11 @@ def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, 
         tmp = None
         _prune(root, keep_last)
     except OSError as err:
-        raise RunFileError(err.errno, f"cannot write checkpoint {final}: {err.strerror or err}") from err
+        return err.errno or 0, f"cannot write checkpoint {final}: {err.strerror or err}"
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.wait_for_everyone()
-    return final
+    return None
 
 
 def _moving_reference(reference):
