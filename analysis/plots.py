@@ -113,7 +113,7 @@ def plot_reward_kl_frontier(runs: pd.DataFrame, benchmark: str = "sentiment", co
         raise ValueError(f"no reward/KL figures in these runs (missing {missing})")
     data = runs.dropna(subset=need)
     fig, ax = plt.subplots(figsize=(5.5, 4.0)) if ax is None else (ax.figure, ax)
-    for value, sub in data.groupby(color, sort=True):
+    for k, (value, sub) in enumerate(data.groupby(color, sort=True)):
         sub = sub.sort_values("beta")
         x, y = sub[f"{benchmark}/kl_estimate"], sub[f"{benchmark}/policy_mean"]
         xerr = [x - sub[f"{benchmark}/kl_ci_low"], sub[f"{benchmark}/kl_ci_high"] - x] \
@@ -122,7 +122,9 @@ def plot_reward_kl_frontier(runs: pd.DataFrame, benchmark: str = "sentiment", co
                 sub[f"{benchmark}/delta_ci_high"] - sub[f"{benchmark}/delta"]]
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=2, label=f"{color}={value}", alpha=0.9)
         for xi, yi, beta in zip(x, y, sub["beta"], strict=True):
-            ax.annotate(f"β={beta:g}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            # Staggered per group so that neighbouring points' labels stay legible.
+            ax.annotate(f"{value}, β={beta:g}", (xi, yi), textcoords="offset points", xytext=(4, 4 - 10 * k),
+                        fontsize=7)
     ref = data[f"{benchmark}/reference_mean"]
     if len(ref):
         ax.axhline(float(np.mean(ref)), color="grey", ls="--", lw=1, label="reference model")

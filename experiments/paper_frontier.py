@@ -2,6 +2,11 @@
 
     flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py frontier epochs
 
+The committed sweeps were made by that command, except that its last frontier job (ipo, β=0.5) died at
+compose time when another change to the tree renamed the loss-schema group mid-sweep; it was rerun
+with ``... paper_frontier.py frontier epochs --losses ipo --betas 0.5 --name frontier_ipo_rerun``
+(same settings; the figure scripts read every ``paper_figures/sweeps/frontier*`` folder).
+
 Measured: ~50 min for both on 2 CPU cores shared with five other agents' jobs (~1.5-2 min per optimizer
 step of 4 pairs under that contention; a few seconds on idle cores).
 
@@ -60,23 +65,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("which", nargs="+", choices=["frontier", "epochs"])
     parser.add_argument("--losses", default="dpo,ipo")
+    parser.add_argument("--betas", default=BETAS)
+    # Another sweep folder, for adding points (or rerunning a failed job) beside an existing sweep.
+    parser.add_argument("--name", default="frontier")
     args = parser.parse_args()
     if "frontier" in args.which:
-        frontier(args.losses)
+        frontier(args.losses, args.betas, args.name)
     if "epochs" in args.which:
         multirun("epochs", ["loss=dpo", "beta=0.1", "dataset.max_train_rows=8", "variant=zephyr_alpha,zephyr_beta"])
 
 
-def frontier(losses: str) -> None:
+def frontier(losses: str, betas: str, name: str) -> None:
     known = registered_losses()
     wanted = losses.split(",")
     present = [loss for loss in wanted if loss in known]
     if present:
-        multirun("frontier", [f"loss={','.join(present)}", f"beta={BETAS}", "epochs=1", "trainer.max_steps=3"])
+        multirun(name, [f"loss={','.join(present)}", f"beta={betas}", "epochs=1", "trainer.max_steps=3"])
     if len(present) < len(wanted):
         print(f"losses {sorted(set(wanted) - known)} are not registered; running cDPO (label_smoothing=0.2) "
               "in their place", flush=True)
-        multirun("frontier_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={BETAS}", "epochs=1",
+        multirun(f"{name}_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={betas}", "epochs=1",
                                    "trainer.max_steps=3"])
 
 

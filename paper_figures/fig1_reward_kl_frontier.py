@@ -3,7 +3,7 @@
     flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py frontier   # the runs (~30 min here)
     python paper_figures/fig1_reward_kl_frontier.py                               # this figure, seconds
 
-Reads only the run directories in paper_figures/sweeps/frontier/ (config.yaml, summary.json) and writes
+Reads only the run directories in paper_figures/sweeps/frontier*/ (config.yaml, summary.json) and writes
 paper_figures/fig1_reward_kl_frontier.png, printing the numbers it plots.
 
 Scale, honestly: SmolLM2-135M-Instruct on 2 shared CPU cores; 3 optimizer steps of 4 built-in sentiment
@@ -30,7 +30,9 @@ from analysis import load_runs, plots  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", default=str(ROOT / "paper_figures" / "sweeps" / "frontier"))
+    # Every frontier sweep folder (a rerun of a failed job, or extra β, sits beside the first sweep).
+    parser.add_argument("--runs", nargs="+",
+                        default=[str(p) for p in sorted((ROOT / "paper_figures" / "sweeps").glob("frontier*"))])
     parser.add_argument("--out", default=str(ROOT / "paper_figures" / "fig1_reward_kl_frontier.png"))
     args = parser.parse_args()
     runs = load_runs(args.runs)
