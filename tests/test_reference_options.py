@@ -66,7 +66,7 @@ def test_each_reference_option_trains_and_keeps_its_promise(tmp_path):
     assert abs(sync_losses[2] - math.log(2)) < 1e-6 and abs(frozen[2] - math.log(2)) > 1e-4
 
 
-def test_precomputed_cache_is_shared_and_invalidated(tmp_path):
+def test_precomputed_cache_is_shared_and_invalidated_by_max_length(tmp_path):
     cache = tmp_path / "reflogps"
     common = TINY + ["reference=precomputed", f"reference.cache_dir={cache}", "dataset.max_train_rows=16"]
     # Four multirun jobs: max_length varies fastest, so jobs 0 and 1 compute, jobs 2 and 3 reuse.
@@ -77,12 +77,25 @@ def test_precomputed_cache_is_shared_and_invalidated(tmp_path):
     assert refs[0]["key"] == refs[2]["key"] != refs[1]["key"] == refs[3]["key"]
     assert [s["losses"]["dpo"]["beta"] for s in summaries] == [0.1, 0.1, 0.5, 0.5]
     assert sorted(p.name for p in cache.iterdir() if p.suffix == ".pt") == sorted(f"{r['key']}.pt" for r in refs[:2])
+    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    # A later, separate run with the same data and model reads the file too.
+    run_cli(common + ["beta=0.2", "trainer.max_steps=1"], tmp_path / "later")
+    later = read_summary(tmp_path / "later")["reference"]
+    assert later["cache"] == "hit" and later["key"] == refs[0]["key"]
 
-    # A byte-identical copy of the model elsewhere hits (the key is content, not path); the same weights
-    # with another tokenizer chat template (other token ids) misses.
+
+
+def test_cache_key_follows_content_not_paths(tmp_path):
+    """The key changes with the tokenizer (same weights, another chat template gives other token ids) and
+    the truncation settings, and not with where an identical model lies."""
     from transformers import AutoTokenizer
 
-    from prefopt.models import resolve_model_path
+    from prefopt import data as data_lib
+    from prefopt.data.collate import collate
+    from prefopt.models import load_model, load_tokenizer, resolve_model_path
+    from prefopt.reference import _cache_key, weights_digest
+    from prefopt.train import batches
+    from tests.conftest import compose
 
     same, other = tmp_path / "same", tmp_path / "other"
     shutil.copytree(resolve_model_path("tiny"), same)
@@ -90,11 +103,19 @@ def test_precomputed_cache_is_shared_and_invalidated(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(other)
     tokenizer.chat_template = tokenizer.chat_template.replace("named SmolLM", "named TinyLM")
     tokenizer.save_pretrained(other)
-    run_cli(common + [f"model.name_or_path={same},{other}"] + SHORT_DIRS, tmp_path / "sweep2", multirun=True)
-    second = [s["reference"] for s, _ in jobs(tmp_path / "sweep2")]
-    assert second[0]["cache"] == "hit" and second[0]["key"] == refs[0]["key"]
-    assert second[1]["cache"] == "miss" and second[1]["key"] != refs[0]["key"]
-    assert not [p for p in cache.iterdir() if p.name.endswith(".tmp")]
+    dcfg = compose(["model=tiny", "dataset.max_train_rows=8"]).dataset
+
+    def key(path, truncation=None):
+        tok = load_tokenizer(str(path))
+        data = data_lib.build_datasets(dcfg, tok, "paired")
+        chunks = [collate(c, tok.pad_token_id, "paired") for c in batches(data.train + data.eval, 8, False, 0, True)]
+        weights = weights_digest(load_model(str(path), "float32"))
+        return _cache_key(weights, chunks, truncation or {"max_length": 128, "max_prompt_length": 64}, "float32")
+
+    base = key(resolve_model_path("tiny"))
+    assert key(same) == base
+    assert key(other) != base
+    assert key(same, {"max_length": 128, "max_prompt_length": 32}) != base
 
 
 RACE_WORKER = textwrap.dedent("""
