@@ -121,10 +121,10 @@ def plot_reward_kl_frontier(runs: pd.DataFrame, benchmark: str = "sentiment", co
         yerr = [sub[f"{benchmark}/delta"] - sub[f"{benchmark}/delta_ci_low"],
                 sub[f"{benchmark}/delta_ci_high"] - sub[f"{benchmark}/delta"]]
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", capsize=2, label=f"{color}={value}", alpha=0.9)
-        for xi, yi, beta in zip(x, y, sub["beta"], strict=True):
-            # Staggered per group so that neighbouring points' labels stay legible.
-            ax.annotate(f"{value}, β={beta:g}", (xi, yi), textcoords="offset points", xytext=(4, 4 - 10 * k),
-                        fontsize=7)
+        for i, (xi, yi, beta) in enumerate(zip(x, y, sub["beta"], strict=True)):
+            # Staggered per group and point so that coinciding points' labels stay legible.
+            ax.annotate(f"{value}, β={beta:g}", (xi, yi), textcoords="offset points",
+                        xytext=(4, 4 - 10 * k - 8 * i * len(data[color].unique())), fontsize=7)
     ref = data[f"{benchmark}/reference_mean"]
     if len(ref):
         ax.axhline(float(np.mean(ref)), color="grey", ls="--", lw=1, label="reference model")
