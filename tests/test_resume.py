@@ -117,15 +117,17 @@ def test_resume_from_different_config_names_the_keys(tmp_path, uninterrupted):
 
 
 def test_fresh_run_in_a_used_directory_starts_clean(tmp_path):
-    """resume=null where a run was killed: the old log, summary and checkpoints go, nothing is appended."""
-    from prefopt.train import run
-
-    run_dir = tmp_path / "run"
-    run(compose(TINY + ["trainer.max_steps=2", "trainer.checkpoint_every=1"]), run_dir)
-    assert checkpoint.checkpoint_dirs(run_dir)
-    summary = run(compose(TINY + ["trainer.max_steps=1"]), run_dir)
-    assert [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"] == [1]
-    assert checkpoint.checkpoint_dirs(run_dir) == [] and summary["steps"] == 1
+    """resume=null where an earlier run lies: its summary and checkpoints go and metrics.jsonl is cut to
+    zero (what run() does on rank 0 before writing), so nothing is appended to the old log."""
+    (tmp_path / "checkpoints" / "step-00000002").mkdir(parents=True)
+    (tmp_path / "checkpoints" / "step-00000002" / "state.json").write_text("{}")
+    (tmp_path / "summary.json").write_text('{"status": "completed"}')
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1}\n{"step": 2}\n')
+    assert checkpoint.resolve_resume(None, tmp_path) is None
+    checkpoint.clear_previous_run(tmp_path)
+    checkpoint.truncate_metrics(tmp_path / "metrics.jsonl", 0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+    assert (tmp_path / "metrics.jsonl").read_bytes() == b""
 
 
 def test_resume_path_without_checkpoint_is_a_clear_error(tmp_path):
