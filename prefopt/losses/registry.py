@@ -314,13 +314,16 @@ _INPUT_FIELDS = {
 def call(spec: LossSpec, logps: Any, hp: Any, state: dict | None = None, *, training: bool = True) -> LossOutput:
     """Run a loss with the checks every loss shares: positive lengths, declared inputs present, (B,) output."""
     _check_lengths(logps)
-    for need in spec.required_inputs(hp):
+    # Sorted so the message is the same on every run (a frozenset's order follows the hash seed), and every
+    # missing input is named at once rather than one per attempt.
+    missing = []
+    for need in sorted(spec.required_inputs(hp)):
         where, *keys = _INPUT_FIELDS[need]
         present = [(k in logps.extras) if where == "extras" else getattr(logps, k, None) is not None for k in keys]
         if not all(present):
-            raise LossConfigError(
-                f"loss {spec.name!r} with {hp} needs input {need!r} ({', '.join(keys)}), which was not provided"
-            )
+            missing.append(f"{need!r} ({', '.join(keys)})")
+    if missing:
+        raise LossConfigError(f"loss {spec.name!r} with {hp} needs input {' and '.join(missing)}, which was not provided")
     out = spec.fn(logps, hp, state if state is not None else {}, training) if spec.stateful else spec.fn(logps, hp)
     if out.losses.dim() != 1:
         raise RuntimeError(f"loss {spec.name!r} returned losses of shape {tuple(out.losses.shape)}, expected (B,)")
