@@ -1,4 +1,5 @@
-"""Multi-process plumbing for the training loop: the accelerator, data sharding, metric reduction, DeepSpeed.
+"""Multi-process plumbing for the training loop: the accelerator, data sharding, metric reduction, DeepSpeed,
+FSDP.
 
 One code path serves a laptop, ``accelerate launch`` / ``torchrun`` on GPUs, and ``torchrun`` on a CPU-only
 machine (gloo). The loop in ``prefopt/train.py`` calls the few functions here:
@@ -15,6 +16,11 @@ machine (gloo). The loop in ``prefopt/train.py`` calls the few functions here:
 - ``reduce_sums``: metrics are example-weighted sums, all-reduced, divided by the global count.
 - ``prepare_reference``: under ZeRO-3 the frozen reference is partitioned like the policy, for
   inference only (no optimizer).
+- FSDP2 (``fully_shard``) when ``accelerate launch`` is given conf/accelerate/fsdp*.yaml: accelerate
+  shards the policy (one unit per decoder layer, the rest in the root unit), clips and reports the grad
+  norm over the shards, and gathers the full weights for the final save. The reference was deep-copied
+  before ``prepare``, so it stays a full frozen copy on every rank. On a CPU-only machine accelerate
+  would drop FSDP for DDP; ``make_accelerator`` keeps it (gloo), and refuses a launch that still is not FSDP.
 """
 
 from __future__ import annotations
@@ -86,15 +92,115 @@ def deepspeed_config(cfg) -> dict[str, Any] | None:
     return ds
 
 
+def fsdp_requested() -> bool:
+    """``accelerate launch`` with ``distributed_type: FSDP`` (conf/accelerate/fsdp*.yaml) exports this."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def check_fsdp_config(cfg) -> None:
+    """What cannot work when the policy is sharded by FSDP, refused before any model is loaded."""
+    refusals = [
+        (cfg.get("deepspeed") is not None,
+         "deepspeed and FSDP both shard the model: launch FSDP without deepspeed=..., or DeepSpeed without "
+         "an FSDP accelerate config"),
+        # Checkpoints hold full weights and a full optimizer state; under FSDP both are DTensor shards.
+        (cfg.trainer.checkpoint_every != 0,
+         "trainer.checkpoint_every: resumable checkpoints are not supported with FSDP yet; use DDP or set "
+         "trainer.checkpoint_every=0"),
+        (bool(cfg.get("resume")) and str(cfg.resume).lower() not in ("none", "null", "false"),
+         "resume: resuming is not supported with FSDP yet (no checkpoints are written); use DDP"),
+        # TR-DPO's sync copies the policy's weights into the reference; each rank holds only a shard.
+        (cfg.reference.kind == "sync",
+         "reference=sync is not supported with FSDP (the policy's weights are sharded); use DDP or "
+         "deepspeed=zero2"),
+        # The adapter_off reference runs the wrapped policy outside the FSDP root's forward, where the
+        # root's own parameters (embeddings, head) are still sharded.
+        (cfg.reference.kind == "adapter_off",
+         "reference=adapter_off is not supported with FSDP (the LoRA policy is sharded; its reference pass "
+         "runs outside FSDP's forward); use reference=frozen or precomputed, or DDP"),
+    ]
+    for refused, message in refusals:
+        if refused:
+            raise DistributedConfigError(message)
+
+
+def _fsdp_on_cpu() -> None:
+    """accelerate turns FSDP on only over an accelerator device: on a CPU-only machine the process group
+    is MULTI_CPU and the FSDP plugin is ignored (plain DDP). FSDP2 itself runs on CPU tensors over gloo, so
+    the gloo group is created here and labelled as a device group, the label a GPU launch would carry;
+    AcceleratorState then enables FSDP exactly as on GPUs."""
+    from accelerate import PartialState
+    from accelerate.utils import DistributedType
+
+    state = PartialState(cpu=True)
+    if state.distributed_type == DistributedType.MULTI_CPU:
+        state.distributed_type = DistributedType.MULTI_GPU
+
+
+def uses_fsdp(accelerator) -> bool:
+    from accelerate.utils import DistributedType
+
+    return accelerator.distributed_type == DistributedType.FSDP
+
+
+def set_fsdp_wrap_classes(accelerator, policy) -> None:
+    """TRANSFORMER_BASED_WRAP shards each decoder layer on its own, found through the prepared module's
+    ``_no_split_modules``; the prepared module is the SequenceScorer, which has none, so the policy's
+    are used (unless the accelerate config names the classes)."""
+    if not uses_fsdp(accelerator):
+        return
+    plugin = accelerator.state.fsdp_plugin
+    if plugin.transformer_cls_names_to_wrap is None:
+        names = getattr(policy, "_no_split_modules", None)
+        plugin.transformer_cls_names_to_wrap = list(names) if names else None
+
+
+def describe(accelerator, model) -> dict[str, Any]:
+    """How the prepared model is distributed, for summary.json: a launch that silently fell back to DDP
+    shows there."""
+    out: dict[str, Any] = {"type": str(accelerator.distributed_type).split(".")[-1],
+                           "processes": accelerator.num_processes}
+    if uses_fsdp(accelerator):
+        from torch.distributed.fsdp import FSDPModule
+
+        plugin = accelerator.state.fsdp_plugin
+        out.update({"fsdp_version": plugin.fsdp_version,
+                    "fsdp_units": sum(isinstance(m, FSDPModule) for m in model.modules()),
+                    "wrap_classes": list(plugin.transformer_cls_names_to_wrap or []),
+                    "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None})
+    elif uses_deepspeed(accelerator):
+        out["zero_stage"] = zero_stage(accelerator)
+    return out
+
+
+def scalar(value) -> float:
+    """A float of a grad norm: under FSDP2 it is a DTensor whose local value is a partial sum."""
+    from torch.distributed.tensor import DTensor
+
+    if isinstance(value, DTensor):
+        value = value.full_tensor()
+    return float(value)
+
+
 def make_accelerator(cfg):
     from accelerate import Accelerator
-    from accelerate.utils import DeepSpeedPlugin, InitProcessGroupKwargs
+    from accelerate.utils import DeepSpeedPlugin, DistributedType, InitProcessGroupKwargs
 
     adopt_slurm_environment()
     ds = deepspeed_config(cfg)
     cuda = torch.cuda.is_available()
+    if fsdp_requested():
+        check_fsdp_config(cfg)
+        if not cuda:
+            _fsdp_on_cpu()
     if ds is None:
-        return Accelerator(cpu=not cuda)
+        accelerator = Accelerator(cpu=not cuda)
+        if fsdp_requested() and accelerator.distributed_type != DistributedType.FSDP:
+            # accelerate would otherwise fall back to DDP without a word.
+            raise DistributedConfigError(
+                f"accelerate was launched with FSDP but set up {accelerator.distributed_type}; "
+                "launch with conf/accelerate/fsdp.yaml (GPUs) or conf/accelerate/fsdp_cpu_2proc.yaml (CPU)")
+        return accelerator
     if cfg.trainer.get("on_nonfinite", "stop") == "skip":
         raise DistributedConfigError(
             "trainer.on_nonfinite=skip: DeepSpeed applies the update inside its backward, so a step cannot "
@@ -224,7 +330,7 @@ def prepare_reference(accelerator, reference) -> None:
 def gathered_state_dict(accelerator, scorer) -> dict[str, torch.Tensor] | None:
     """The policy's full weights (``model.`` prefix removed); collective under ZeRO-3, so every rank calls
     it. None when the unwrapped model already holds full weights."""
-    if zero_stage(accelerator) != 3:
+    if zero_stage(accelerator) != 3 and not uses_fsdp(accelerator):
         return None
     state = accelerator.get_state_dict(scorer)
     return {k.removeprefix("model."): v for k, v in state.items()} if state is not None else None

@@ -35,11 +35,14 @@ from prefopt.data.collate import collate
 from prefopt.distributed import (
     DistributedConfigError,
     backward_scale,
+    describe,
     gathered_state_dict,
     make_accelerator,
     micro_step,
     prepare_reference,
     reduce_sums,
+    scalar,
+    set_fsdp_wrap_classes,
     step_plan,
     uses_deepspeed,
 )
@@ -304,7 +307,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     losses.check_inputs(needs, cfg.trainer.batch_size, cfg.reference.kind)
     run_dir = Path(run_dir or cfg.run_dir or "runs/manual")
 
-    # DDP when launched with several processes, DeepSpeed with deepspeed=zero2|zero3 (prefopt/distributed.py).
+    # DDP when launched with several processes, DeepSpeed with deepspeed=zero2|zero3, FSDP2 when accelerate
+    # is launched with conf/accelerate/fsdp*.yaml (prefopt/distributed.py).
     accelerator = make_accelerator(cfg)
     device = accelerator.device
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -351,10 +355,13 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
                                 scheduler=scheduler, loss_states=[t.state for t in terms], reference=reference,
                                 config=config_dict)
         log.info("resuming from %s (step %d)", resume_from, state.step)
+    set_fsdp_wrap_classes(accelerator, policy)  # FSDP: one shard unit per decoder layer
     # The scheduler is stepped by hand once per optimizer step; accelerate's wrapper would step it
     # once per process.
     scorer, optimizer = accelerator.prepare(scorer, optimizer)
     prepare_reference(accelerator, reference)  # ZeRO-3: partitioned for inference
+    distributed = describe(accelerator, scorer)
+    log.info("distributed: %s", distributed)
 
     if is_main:
         # A resumed run's log is cut back to its checkpoint: no line of the lost steps, none twice.
@@ -403,7 +410,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
                 for key, value in {"loss": per_example, **metrics}.items():
                     sums[key] = sums.get(key, 0.0) + weighted_sum(value, weights)
                 sums["_tokens"] += tokens_of(batch, weights)
-            grad_norm = accelerator.clip_grad_norm_(scorer.parameters(), max_norm)
+            grad_norm = scalar(accelerator.clip_grad_norm_(scorer.parameters(), max_norm))
             sums, _ = reduce_sums(accelerator, sums, 0.0)
             tokens = sums.pop("_tokens")
             if sums.pop("_nonfinite") or not math.isfinite(float(grad_norm)):
@@ -461,10 +468,10 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
 
     eval_metrics = evaluate(scorer, reference, terms, kind, datasets.eval, cfg, pad_id, device, accelerator)
     emit({"split": "eval", "step": step, "epoch": last_train.get("epoch", 0.0), **eval_metrics})
-    full_state = gathered_state_dict(accelerator, scorer)  # collective under ZeRO-3
+    full_state = gathered_state_dict(accelerator, scorer)  # collective under ZeRO-3 and FSDP
     policy = accelerator.unwrap_model(scorer).model
     if full_state is not None and is_main:
-        # ZeRO-3 leaves each rank a shard; rank 0 saves a fresh model holding the gathered weights.
+        # ZeRO-3 and FSDP leave each rank a shard; rank 0 saves a fresh model holding the gathered weights.
         policy = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code)
         policy.load_state_dict(full_state, strict=False)
     del optimizer
@@ -491,6 +498,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
         "skipped_steps": counters["skipped_steps"],
         "resumed_from": str(state.path) if state.path else None,
         "processes": world,
+        "distributed": distributed,
         "train": last_train,
         "eval": eval_metrics,
         "benchmark": benchmark,
