@@ -44,8 +44,8 @@ show_logs() {
   sinfo -N -l >&2 2>&1 || true
 }
 
-running() {  # running <pidfile>
-  [ -s "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null
+running() {  # running <pidfile>: its pid is alive and is the daemon named like the file (not a reused pid)
+  [ -s "$1" ] && [ "$(cat "/proc/$(cat "$1")/comm" 2>/dev/null)" = "$(basename "$1" .pid)" ]
 }
 
 stop() {  # stop <pidfile>: only the daemon this script started (by its pid file)
