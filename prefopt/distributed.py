@@ -197,9 +197,10 @@ def make_accelerator(cfg):
         accelerator = Accelerator(cpu=not cuda)
         if fsdp_requested() and accelerator.distributed_type != DistributedType.FSDP:
             # accelerate would otherwise fall back to DDP without a word.
+            kind = str(accelerator.distributed_type).split(".")[-1]
             raise DistributedConfigError(
-                f"accelerate was launched with FSDP but set up {accelerator.distributed_type}; "
-                "launch with conf/accelerate/fsdp.yaml (GPUs) or conf/accelerate/fsdp_cpu_2proc.yaml (CPU)")
+                f"ACCELERATE_USE_FSDP is set, but accelerate set up {kind}, not FSDP; run under `accelerate "
+                "launch --config_file conf/accelerate/fsdp.yaml` (GPUs) or conf/accelerate/fsdp_cpu_2proc.yaml (CPU)")
         return accelerator
     if cfg.trainer.get("on_nonfinite", "stop") == "skip":
         raise DistributedConfigError(
