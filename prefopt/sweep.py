@@ -11,15 +11,26 @@ root::
                     "started": ..., "finished": ...}, ...}}
 
 Jobs may run in parallel processes or on other nodes, so each update is a read-modify-write under a file
-lock, published atomically. In a multi-process job only rank 0 writes. A job killed outright (SIGKILL,
-node failure) stays ``running`` with its start time; analysis treats a finished sweep's running jobs as
-lost.
+lock, published atomically. In a multi-process job only rank 0 writes.
+
+A job killed outright (SIGKILL, the OOM killer, a node failure) cannot report its own end. Each job therefore
+records where it runs (host, pid and the pid's start time, SLURM job id); :func:`reconcile` marks a
+``running`` job whose process is gone (same host: the pid no longer exists or now belongs to another
+process; SLURM: the job ended or left the queue) as ``failed`` with ``error: "JobKilled: ..."``. It runs when the
+sweep ends, and on demand::
+
+    python -m prefopt.sweep multirun/2026-11-24/10-00-00     # reconcile and print the job table
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import shutil
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -80,7 +91,8 @@ class SweepIndex(Callback):
 
         def start(index):
             index.setdefault("jobs", {})[str(job["num"])] = {**job, "status": "running", "started": _now(),
-                                                             "finished": None, "error": None, "return": None}
+                                                             "finished": None, "error": None, "return": None,
+                                                             "where": _where()}
 
         update_index(Path(config.hydra.sweep.dir), start)
 
@@ -115,6 +127,7 @@ class SweepIndex(Callback):
             index.update({"status": "finished", "finished": _now()})
 
         update_index(Path(config.hydra.sweep.dir), end)
+        reconcile(Path(config.hydra.sweep.dir))
 
 
 def _count_jobs(config: DictConfig) -> int | None:
@@ -143,3 +156,116 @@ def _job_info(config: DictConfig) -> dict[str, Any]:
     except ValueError:
         rel = str(out_dir)
     return {"num": int(config.hydra.job.num), "overrides": list(config.hydra.overrides.task), "dir": rel}
+
+
+def _process_start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/<pid>/stat), None if there is no such process.
+
+    Compared with the value recorded at job start so that a pid reused by another process is not taken for
+    the job. On systems without /proc, only the pid's existence is checked."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # A killed child its parent has not reaped yet is a zombie: gone for our purposes.
+        return None if fields[0] == "Z" else fields[19]
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "unknown"
+
+
+def _where() -> dict[str, Any]:
+    pid = os.getpid()
+    where = {"host": socket.gethostname(), "pid": pid, "pid_start": _process_start_time(pid)}
+    if os.environ.get("SLURM_JOB_ID"):
+        array = os.environ.get("SLURM_ARRAY_JOB_ID")
+        task = os.environ.get("SLURM_ARRAY_TASK_ID")
+        where["slurm_job_id"] = f"{array}_{task}" if array and task else os.environ["SLURM_JOB_ID"]
+    return where
+
+
+# squeue -j reports a job in any state while the controller remembers it (MinJobAge, 300 s by default), then
+# "Invalid job id"; these are the states in which it may still report its own end.
+_SLURM_LIVE_STATES = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED", "REQUEUED",
+                      "REQUEUE_HOLD", "REQUEUE_FED", "RESIZING", "SIGNALING", "STAGE_OUT", "RESV_DEL_HOLD"}
+
+
+def _slurm_job_state(job_id: str) -> str | None:
+    """The job's SLURM state, "GONE" once the controller has forgotten it, None when squeue cannot tell."""
+    squeue = shutil.which("squeue")
+    if squeue is None:
+        return None
+    try:
+        out = subprocess.run([squeue, "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return "GONE" if "invalid job id" in out.stderr.lower() else None
+    states = out.stdout.split()
+    return states[0] if states else "GONE"
+
+
+def _lost_reason(job: dict[str, Any]) -> str | None:
+    """Why a ``running`` job can no longer be running, or None if it may still be (or cannot be told)."""
+    where = job.get("where") or {}
+    slurm_id = where.get("slurm_job_id")
+    if slurm_id:
+        state = _slurm_job_state(slurm_id)
+        if state == "GONE":
+            return f"JobKilled: SLURM job {slurm_id} left the queue without the job reporting its end"
+        if state is not None and state not in _SLURM_LIVE_STATES:
+            return f"JobKilled: SLURM job {slurm_id} ended {state} without the job reporting its end"
+        if state is not None or where.get("host") != socket.gethostname():
+            return None
+    if where.get("host") != socket.gethostname() or not where.get("pid"):
+        return None
+    start = _process_start_time(int(where["pid"]))
+    if start is None or (where.get("pid_start") not in (None, "unknown") and start != where["pid_start"]):
+        return (f"JobKilled: process {where['pid']} on {where['host']} ended without reporting "
+                "(SIGKILL, out of memory, or the machine went down)")
+    return None
+
+
+def reconcile(sweep_dir: Path) -> dict[str, Any]:
+    """Mark ``running`` jobs whose process is gone as failed (see the module docstring); returns the index."""
+    path = Path(sweep_dir) / INDEX
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no sweep index here (is {sweep_dir} a multirun directory?)")
+
+    def mark(index):
+        for job in index.get("jobs", {}).values():
+            if job.get("status") == "running" and (reason := _lost_reason(job)):
+                job.update({"status": "failed", "error": reason, "finished": _now()})
+
+    return update_index(Path(sweep_dir), mark)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m prefopt.sweep",
+                                     description="Reconcile a sweep's sweep.json with its jobs' processes and "
+                                                 "print one line per job.")
+    parser.add_argument("sweep_dir", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        index = reconcile(args.sweep_dir)
+    except (FileNotFoundError, json.JSONDecodeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    counts = ", ".join(f"{n} {s}" for s, n in index["counts"].items())
+    print(f"{index.get('sweep_dir', args.sweep_dir)}: {index.get('status', '?')} ({counts})")
+    for num in sorted(index.get("jobs", {}), key=int):
+        job = index["jobs"][num]
+        line = f"  {num:>4}  {job.get('status', '?'):<8} {' '.join(job.get('overrides', []))}"
+        if job.get("error"):
+            line += f"\n        {job['error']}"
+        print(line)
+    return 1 if index["counts"].get("failed") else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -75,3 +75,32 @@ def test_slurm_sweep_records_a_done_and_a_failed_job(slurm, tmp_path):
         assert {"config.yaml", "metrics.jsonl", "summary.json"} <= {p.name for p in run_dir.iterdir()}, job
     assert read_summary(tmp_path / done["dir"])["status"] == "completed"
     assert read_summary(tmp_path / failed["dir"])["status"] == "failed"
+
+
+@pytest.mark.slow
+def test_reconcile_asks_the_real_slurm_about_a_job_that_died(slurm, tmp_path):
+    """A sweep job killed outright inside SLURM cannot report its end; reconcile() asks squeue. A job that is
+    still running stays `running`; once it has died (scancel'd here: SIGKILL) it becomes `failed`."""
+    import time
+
+    from prefopt import sweep
+
+    submitted = subprocess.run(["sbatch", "--parsable", "-p", PARTITION, "-o", str(tmp_path / "job.out"),
+                                "--wrap", "sleep 300"], capture_output=True, text=True, check=True, timeout=30)
+    job_id = submitted.stdout.strip().split(";")[0]
+    sweep.update_index(tmp_path, lambda index: index["jobs"].update(
+        {"0": {"num": 0, "overrides": ["beta=0.1"], "dir": "0", "status": "running",
+               "where": {"host": "another-node", "pid": 1, "slurm_job_id": job_id}}}))
+    try:
+        deadline = time.monotonic() + 60
+        while sweep._slurm_job_state(job_id) != "RUNNING" and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert sweep.reconcile(tmp_path)["jobs"]["0"]["status"] == "running"
+    finally:
+        subprocess.run(["scancel", "--signal=KILL", "--full", job_id], check=False, timeout=30)
+    deadline = time.monotonic() + 60
+    while sweep._slurm_job_state(job_id) in sweep._SLURM_LIVE_STATES and time.monotonic() < deadline:
+        time.sleep(0.5)
+    job = sweep.reconcile(tmp_path)["jobs"]["0"]
+    assert job["status"] == "failed"
+    assert job["error"].startswith(f"JobKilled: SLURM job {job_id} "), job["error"]

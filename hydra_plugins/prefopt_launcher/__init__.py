@@ -1,0 +1,1 @@
+"""prefopt's Hydra launcher plugin (Hydra finds launchers only inside the ``hydra_plugins`` namespace)."""
