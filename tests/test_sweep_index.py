@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from tests.conftest import TINY, read_summary, run_cli
 from prefopt import sweep
+from tests.conftest import TINY, read_summary, run_cli
 
 
 def _index_with(tmp_path, **jobs):

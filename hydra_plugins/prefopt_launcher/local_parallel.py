@@ -16,9 +16,9 @@ import logging
 import multiprocessing
 import signal
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
@@ -43,8 +43,8 @@ def _job_config(hydra_context: HydraContext, config: DictConfig, overrides: Sequ
 
 def _child(payload: bytes, conn) -> None:
     """Entry point of a job's process: run the job the way Hydra's own launchers do, send back its JobReturn."""
-    from hydra.core.hydra_config import HydraConfig
     import cloudpickle
+    from hydra.core.hydra_config import HydraConfig
 
     idx, overrides, hydra_context, config, task_function, singleton_state = cloudpickle.loads(payload)
     setup_globals()
