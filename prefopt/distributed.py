@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import os
 import socket
@@ -143,16 +144,39 @@ def uses_fsdp(accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.FSDP
 
 
-def set_fsdp_wrap_classes(accelerator, policy) -> None:
-    """TRANSFORMER_BASED_WRAP shards each decoder layer on its own, found through the prepared module's
-    ``_no_split_modules``; the prepared module is the SequenceScorer, which has none, so the policy's
-    are used (unless the accelerate config names the classes)."""
+def fsdp_param_dtype(accelerator) -> torch.dtype | None:
+    """The dtype FSDP's mixed precision casts the policy's parameters to for each forward (None when FSDP is
+    off or keeps them as they are). Not only autocast: norms and embeddings compute in that dtype too, so
+    a reference that only autocasts still differs (first DPO loss 0.682 instead of log 2 on model=tiny)."""
+    if not uses_fsdp(accelerator):
+        return None
+    policy = getattr(accelerator.state.fsdp_plugin, "mixed_precision_policy", None)
+    return getattr(policy, "param_dtype", None)
+
+
+def configure_fsdp(accelerator, policy) -> None:
+    """Two corrections to accelerate's FSDP2 set-up, made before ``prepare``.
+
+    Wrapping: TRANSFORMER_BASED_WRAP shards each decoder layer on its own, found through the prepared module's
+    ``_no_split_modules``; the prepared module is the SequenceScorer, which has none, so the policy's are used
+    (unless the accelerate config names the classes).
+
+    Output dtype: with mixed_precision bf16, accelerate sets FSDP2's ``output_dtype`` to bf16, which casts
+    the root module's outputs. Our root is the SequenceScorer, whose outputs are summed sequence log-probs
+    (about -440 on model=tiny, where bf16 can only say -440 or -442): the DPO margin drowned in rounding
+    (first loss 0.683 instead of log 2). ``output_dtype=None`` leaves every module's outputs in the dtype
+    they were computed in: bf16 hidden states between decoder layers (bf16 parameters, inputs cast to
+    bf16), float32 log-probs from the scorer, which upcasts before its log-softmax. (float32 would also upcast
+    each layer's outputs, and the bf16 lm_head would then refuse its float32 input: FSDP2 runs no autocast.)"""
     if not uses_fsdp(accelerator):
         return
     plugin = accelerator.state.fsdp_plugin
     if plugin.transformer_cls_names_to_wrap is None:
         names = getattr(policy, "_no_split_modules", None)
         plugin.transformer_cls_names_to_wrap = list(names) if names else None
+    mp_policy = plugin.mixed_precision_policy
+    if getattr(mp_policy, "output_dtype", None) is not None:
+        plugin.mixed_precision_policy = dataclasses.replace(mp_policy, output_dtype=None)
 
 
 def describe(accelerator, model) -> dict[str, Any]:

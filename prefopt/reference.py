@@ -23,6 +23,7 @@ Every reference keeps ``seconds`` (time in reference passes) and ``info()`` (wha
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gc
 import hashlib
@@ -53,6 +54,11 @@ class Reference:
     """A model scored in eval mode under no_grad: ``frozen`` and ``checkpoint``."""
 
     kind = "frozen"
+    # The autocast the policy's forward runs under (accelerate wraps it when mixed_precision is bf16/fp16);
+    # the trainer sets it so that the reference computes at the same precision. Otherwise a float32
+    # reference against a bf16-autocast policy biases every implicit reward from step 0 (log 2 is not the
+    # first DPO loss).
+    precision = contextlib.nullcontext
 
     def __init__(self, model, share_prompt: bool = False, kind: str = "frozen"):
         self.kind = kind
@@ -65,8 +71,9 @@ class Reference:
     @torch.no_grad()
     def logps(self, batch, return_tokens: bool = False):
         start = time.perf_counter()
-        out = self.scorer(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
-                          return_tokens=return_tokens, n_pairs=batch.get("n_examples"))
+        with self.precision():
+            out = self.scorer(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
+                              return_tokens=return_tokens, n_pairs=batch.get("n_examples"))
         self.seconds += time.perf_counter() - start
         return out
 
@@ -124,6 +131,7 @@ class AdapterOffReference:
 
     kind = "adapter_off"
     model = None  # no separate model: the end-of-run benchmark reloads the base from its path
+    precision = contextlib.nullcontext  # as Reference.precision
 
     def __init__(self, peft_policy, share_prompt: bool = False):
         self.policy = peft_policy
@@ -137,7 +145,7 @@ class AdapterOffReference:
         # Eval mode so that LoRA/attention dropout never touches the reference pass.
         self.policy.eval()
         try:
-            with self.policy.disable_adapter():
+            with self.policy.disable_adapter(), self.precision():
                 out = self.scorer(batch["input_ids"], batch["attention_mask"], batch["completion_mask"],
                                   return_tokens=return_tokens, n_pairs=batch.get("n_examples"))
         finally:
@@ -312,8 +320,33 @@ def prepare_policy(rcfg, policy, needs_reference: bool):
 
 def build_reference(rcfg, mcfg, policy, needs_reference: bool, loss_names: list[str], device,
                     batches: list[dict] | None = None, truncation: dict | None = None,
-                    share_prompt: bool = False):
-    """``batches``: every collated train and eval batch (needed by ``precomputed`` only)."""
+                    share_prompt: bool = False, precision=None, precision_name: str = "no",
+                    param_dtype: torch.dtype | None = None):
+    """``batches``: every collated train and eval batch (needed by ``precomputed`` only).
+
+    The reference computes as the policy does: ``precision`` is the policy's autocast context
+    (``accelerator.autocast``), named ``precision_name`` (accelerate's mixed_precision); ``param_dtype`` the
+    dtype FSDP's mixed precision casts the policy's parameters to for its forward (None: not cast), to which
+    the reference's weights are cast as well. Precomputed scores are cached per precision."""
+    reference = _build_reference(rcfg, mcfg, policy, needs_reference, loss_names, device, batches, truncation,
+                                 share_prompt, precision or contextlib.nullcontext, precision_name, param_dtype)
+    if reference.kind not in ("precomputed", "none", "adapter_off") and param_dtype is not None:
+        _cast_parameters(reference.model, param_dtype)
+    if precision is not None and reference.kind not in ("precomputed", "none"):
+        reference.precision = precision
+    return reference
+
+
+def _cast_parameters(model, dtype: torch.dtype):
+    """Parameters only, as FSDP's MixedPrecisionPolicy does: buffers such as RoPE's inv_freq keep their dtype
+    (``model.to(dtype)`` would cast them too, and the rotary angles would differ from the policy's)."""
+    for param in model.parameters():
+        param.data = param.data.to(dtype)
+    return model
+
+
+def _build_reference(rcfg, mcfg, policy, needs_reference, loss_names, device, batches, truncation, share_prompt,
+                     precision, precision_name, param_dtype):
     kind = rcfg.kind
     if kind not in KINDS:
         raise ReferenceConfigError(f"reference.kind={kind!r} is not one of {', '.join(KINDS)}")
@@ -356,5 +389,13 @@ def build_reference(rcfg, mcfg, policy, needs_reference: bool, loss_names: list[
         holder.pop("model", None)
         gc.collect()
 
-    return build_precomputed(holder["model"], batches, truncation or {}, device, share_prompt,
-                             str(mcfg.dtype), free_model, rcfg.cache_dir)
+    if param_dtype is not None:
+        # Scored by a cast copy: the policy itself must keep its float32 master weights.
+        holder["model"] = _cast_parameters(copy.deepcopy(holder["model"]), param_dtype)
+    # The cache key keeps the dtype string it always had when there is no mixed precision.
+    dtype = str(mcfg.dtype) if precision_name == "no" else f"{mcfg.dtype}+autocast:{precision_name}"
+    if param_dtype is not None:
+        dtype += f"+params:{param_dtype}"
+    with precision():
+        return build_precomputed(holder["model"], batches, truncation or {}, device, share_prompt,
+                                 dtype, free_model, rcfg.cache_dir)

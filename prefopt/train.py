@@ -35,14 +35,15 @@ from prefopt.data.collate import collate
 from prefopt.distributed import (
     DistributedConfigError,
     backward_scale,
+    configure_fsdp,
     describe,
+    fsdp_param_dtype,
     gathered_state_dict,
     make_accelerator,
     micro_step,
     prepare_reference,
     reduce_sums,
     scalar,
-    set_fsdp_wrap_classes,
     step_plan,
     uses_deepspeed,
 )
@@ -337,7 +338,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     truncation = {"max_length": cfg.dataset.max_length, "max_prompt_length": cfg.dataset.max_prompt_length}
     reference = build_reference(cfg.reference, cfg.model, policy, needs_reference,
                                 [t.spec.name for t in terms], device, score_batches, truncation,
-                                cfg.trainer.share_prompt)
+                                cfg.trainer.share_prompt, accelerator.autocast, str(accelerator.mixed_precision),
+                                fsdp_param_dtype(accelerator))
     scorer = SequenceScorer(policy, share_prompt=cfg.trainer.share_prompt)
     optimizer = make_optimizer(scorer.parameters(), cfg.optimizer)
     micro_per_epoch = math.ceil(len(datasets.train) / cfg.trainer.batch_size)
@@ -355,7 +357,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
                                 scheduler=scheduler, loss_states=[t.state for t in terms], reference=reference,
                                 config=config_dict)
         log.info("resuming from %s (step %d)", resume_from, state.step)
-    set_fsdp_wrap_classes(accelerator, policy)  # FSDP: one shard unit per decoder layer
+    configure_fsdp(accelerator, policy)  # FSDP: one shard unit per decoder layer; float32 log-prob outputs
     # The scheduler is stepped by hand once per optimizer step; accelerate's wrapper would step it
     # once per process.
     scorer, optimizer = accelerator.prepare(scorer, optimizer)

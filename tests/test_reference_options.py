@@ -230,3 +230,18 @@ def test_sync_soft_update_formula():
     after = dict(ref_model.named_parameters())[name]
     assert torch.allclose(after, 0.25 * target + 0.75 * before, atol=1e-6)
     assert sync.synced_at == [3]
+
+
+@pytest.mark.parametrize("kind", ["frozen", "precomputed"])
+def test_reference_computes_under_the_policy_autocast(kind, tmp_path):
+    """accelerate's bf16 mixed precision autocasts the policy's forward; the reference runs (or was
+    precomputed) under the same autocast, so the first DPO loss is exactly log 2. With a float32 reference
+    it was 0.693264 (margin -2.3e-4) on model=tiny."""
+    cache = [f"reference.cache_dir={tmp_path / 'reflogps'}"] if kind == "precomputed" else []
+    run_cli(TINY + ["trainer.max_steps=1", f"reference={kind}", *cache], tmp_path / "run",
+            env={"ACCELERATE_MIXED_PRECISION": "bf16"})
+    first = [r for r in read_metrics(tmp_path / "run") if r["split"] == "train"][0]
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-7)
+    assert first["rewards/margins"] == 0.0
+    if kind == "precomputed":
+        assert read_summary(tmp_path / "run")["reference"]["cache"] == "miss"
