@@ -169,8 +169,9 @@ class BenchmarkConfig:
     # Generation benchmark run at the end of training (and by prefopt.evaluate):
     # none | sentiment | mt_bench | alpaca_eval (see prefopt/benchmarks).
     name: str = "none"
-    # sentiment: builtin (the packaged held-out prompts), or a JSON/JSONL path with a prompt column,
-    # or with a text column (IMDb reviews: the first prefix_words words become the prompt).
+    # sentiment: builtin (the packaged held-out prompts), imdb (hub stanfordnlp/imdb, test split, as in the
+    # DPO paper), or a JSON/JSONL/Parquet path or hub id (its test split) with a prompt column, or with a
+    # text column (IMDb reviews: the first prefix_words words become the prompt).
     # mt_bench: FastChat's question.jsonl; alpaca_eval: an AlpacaEval outputs/eval-set JSON.
     prompts: str = "builtin"
     # How many prompts/questions/instructions (from the top); -1 = all.

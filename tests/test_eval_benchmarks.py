@@ -156,3 +156,41 @@ def test_unreachable_judge_does_not_lose_the_training_run(shared_data, tmp_path)
     summary = read_summary(tmp_path / "run")
     assert summary["status"] == "completed" and summary["steps"] == 2
     assert summary["benchmark"]["status"] == "failed" and "127.0.0.1:9" in summary["benchmark"]["error"]
+
+
+def test_sentiment_prompts_imdb_loads_the_hub_test_split(shared_data, monkeypatch):
+    """benchmark.prompts=imdb asks the hub for stanfordnlp/imdb's test split (served here from the local
+    copy of the same schema, since this machine is offline) and turns each review into a prompt."""
+    import datasets
+
+    from prefopt.benchmarks.sentiment import REVIEW_INSTRUCTION, prompts_from_config
+
+    local = shared_data / "imdb" / "aclImdb_test_subset_5000.jsonl"
+    asked = []
+
+    def fake_load_dataset(path, split=None, **kwargs):
+        asked.append((path, split))
+        return datasets.Dataset.from_list([json.loads(line) for line in local.read_text().splitlines()[:10]])
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    bcfg = compose(["benchmark=sentiment", "benchmark.prompts=imdb", "benchmark.num_prompts=3",
+                    "benchmark.prefix_words=5"]).benchmark
+    prompts = prompts_from_config(bcfg)
+    assert asked == [("stanfordnlp/imdb", "test")]
+    first = json.loads(local.read_text().splitlines()[0])["text"]
+    assert [p[0]["content"] for p in prompts][0] == REVIEW_INSTRUCTION + " ".join(first.split()[:5])
+    assert len(prompts) == 3
+
+
+def test_sentiment_prompts_imdb_offline_is_one_clear_error(monkeypatch):
+    import datasets
+
+    from prefopt.benchmarks.sentiment import prompts_from_config
+
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'stanfordnlp/imdb' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", offline)
+    bcfg = compose(["benchmark=sentiment", "benchmark.prompts=imdb"]).benchmark
+    with pytest.raises(DataError, match=r"benchmark.prompts='stanfordnlp/imdb': not a local file.*Offline\?"):
+        prompts_from_config(bcfg)

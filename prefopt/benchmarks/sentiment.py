@@ -6,10 +6,11 @@ a bootstrap 95% CI and Wilcoxon p-value, the win rate of policy over reference, 
 estimate of KL(π‖π_ref) = E_{y~π}[log π(y|x) - log π_ref(y|x)] (sequence level, in nats), with its
 bootstrap CI.
 
-Prompts: ``benchmark.prompts=builtin`` (the packaged held-out prompts) or a JSON/JSONL file. Rows with
-a ``prompt`` column are used as they are; rows with a ``text`` column (IMDb reviews, as in the DPO
-paper) become "Continue this movie review: <first prefix_words words>", since a chat model is asked,
-not a raw LM. A row with neither is an error naming the row.
+Prompts: ``benchmark.prompts=builtin`` (the packaged held-out prompts), ``imdb`` (the test split of the
+hub's ``stanfordnlp/imdb``, as in the DPO paper), or a local JSON/JSONL/Parquet file or another hub id. Rows
+with a ``prompt`` column are used as they are; rows with a ``text`` column (IMDb reviews) become "Continue
+this movie review: <first prefix_words words>", since a chat model is asked, not a raw LM. A row with
+neither is an error naming the row.
 """
 
 from __future__ import annotations
@@ -27,27 +28,27 @@ from prefopt.stats import paired_delta
 REVIEW_INSTRUCTION = "Continue this movie review: "
 
 
-def _review_prefix(text: str, words: int) -> str:
-    # IMDb's raw text carries HTML line breaks.
-    return " ".join(text.replace("<br />", " ").split()[:words])
-
-
 def prompts_from_config(bcfg) -> list[list[dict]]:
     if bcfg.prompts == "builtin":
         from prefopt.data.sentiment import heldout_prompts
 
         texts = heldout_prompts()
     else:
+        from prefopt.data.imdb import HUB_ID as IMDB_HUB_ID
+        from prefopt.data.imdb import review_prefix
         from prefopt.data.registry import read_table
 
+        # Benchmark prompts come from a test split; a local file ignores the split.
+        source = IMDB_HUB_ID if bcfg.prompts == "imdb" else bcfg.prompts
+        split = "test"
         texts = []
-        for i, row in enumerate(read_table(bcfg.prompts, where="benchmark.prompts")):
+        for i, row in enumerate(read_table(source, split, where="benchmark.prompts")):
             if isinstance(row, str):
                 texts.append(row)
             elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
                 texts.append(row["prompt"])
             elif isinstance(row, dict) and isinstance(row.get("text"), str):
-                texts.append(REVIEW_INSTRUCTION + _review_prefix(row["text"], bcfg.prefix_words))
+                texts.append(REVIEW_INSTRUCTION + review_prefix(row["text"], bcfg.prefix_words))
             else:
                 raise DataError(f"benchmark.prompts={bcfg.prompts}: row {i} has neither a 'prompt' nor a "
                                 "'text' string column")

@@ -28,6 +28,11 @@ OPTIONS = {
 _BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 
 
+def review_prefix(text: str, words: int) -> str:
+    """The first ``words`` words of a review, with IMDb's HTML line breaks read as spaces."""
+    return " ".join(_BREAK.sub(" ", text).split()[:words])
+
+
 @register_dataset("imdb", kind="prompts", default_path=HUB_ID)
 def load_imdb(path: str | None, split: str, **options) -> list[dict]:
     """Rows ``{text: str, label: 0|1}`` (hub ``stanfordnlp/imdb`` splits ``train``/``test``; the local copy
@@ -47,11 +52,10 @@ def load_imdb(path: str | None, split: str, **options) -> list[dict]:
             raise DataError(f"row {i}: field 'label' must be 0 or 1, got {label!r}")
         if opts["label"] is not None and label != opts["label"]:
             return None
-        words = _BREAK.sub(" ", text).split()
-        if not words:
-            raise DataError(f"row {i}: field 'text' is empty")
         n = random.Random(f"{opts['seed']}:{i}").randint(opts["min_words"], opts["max_words"])
-        prefix = " ".join(words[:n])
+        prefix = review_prefix(text, n)
+        if not prefix:
+            raise DataError(f"row {i}: field 'text' is empty")
         return {"index": i, "prompt": [{"role": "user", "content": opts["template"].format(prefix=prefix)}],
                 "prefix": prefix, "label": label, "review_id": row.get("id")}
 
