@@ -194,3 +194,33 @@ def test_sentiment_prompts_imdb_offline_is_one_clear_error(monkeypatch):
     bcfg = compose(["benchmark=sentiment", "benchmark.prompts=imdb"]).benchmark
     with pytest.raises(DataError, match=r"benchmark.prompts='stanfordnlp/imdb': not a local file.*Offline\?"):
         prompts_from_config(bcfg)
+
+
+def test_mt_bench_questions_from_the_hub_schema(shared_data, monkeypatch):
+    """benchmark.prompts=HuggingFaceH4/mt_bench_prompts (rows {prompt, prompt_id, category, reference}) gives
+    the same questions as FastChat's question.jsonl, with the GPT-4 reference answers taken from the rows.
+    Served here from the local FastChat files rewritten into the hub's schema (this machine is offline)."""
+    import datasets
+
+    from prefopt.benchmarks.mt_bench import HUB_QUESTIONS, load_questions, load_reference_answers
+
+    folder = shared_data / "mt_bench"
+    fastchat = [json.loads(line) for line in (folder / "question.jsonl").read_text().splitlines()]
+    gpt4 = {json.loads(line)["question_id"]: json.loads(line)["choices"][0]["turns"]
+            for line in (folder / "reference_answer_gpt-4.jsonl").read_text().splitlines()}
+    hub_rows = [{"prompt": q["turns"], "prompt_id": q["question_id"], "category": q["category"],
+                 "reference": gpt4.get(q["question_id"], [])} for q in fastchat]
+    asked = []
+
+    def fake_load_dataset(path, split=None, **kwargs):
+        asked.append((path, split))
+        return datasets.Dataset.from_list(hub_rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    questions = load_questions(HUB_QUESTIONS, -1)
+    assert asked == [(HUB_QUESTIONS, "train")]
+    assert [(q["question_id"], q["category"], q["turns"]) for q in questions] == \
+        [(q["question_id"], q["category"], q["turns"]) for q in fastchat]
+    assert load_reference_answers(None, questions) == gpt4 and len(gpt4) == 30
+    local = load_questions(str(folder / "question.jsonl"), 3)
+    assert "reference" not in local[0] and load_reference_answers(None, local) == {}

@@ -24,24 +24,41 @@ from prefopt.stats import paired_delta
 log = logging.getLogger(__name__)
 
 
+# The hub's copy of the 80 questions; its rows are {prompt: [turn1, turn2], prompt_id, category, reference}.
+HUB_QUESTIONS = "HuggingFaceH4/mt_bench_prompts"
+
+
 def load_questions(path: str, limit: int) -> list[dict]:
-    rows = read_table(path, where="benchmark.prompts")
+    """FastChat's question.jsonl rows ({question_id, category, turns}), or the hub's ``HuggingFaceH4/
+    mt_bench_prompts`` rows ({prompt_id, category, prompt, reference}); a hub id is read from its train split."""
+    rows = read_table(path, "train", where="benchmark.prompts")
     questions = []
     for i, row in enumerate(rows):
-        turns = row.get("turns") if isinstance(row, dict) else None
+        if not isinstance(row, dict):
+            raise DataError(f"benchmark.prompts={path}: row {i} is not an object")
+        hub_schema = "turns" not in row and "prompt" in row
+        turns = row.get("prompt" if hub_schema else "turns")
         if not (isinstance(turns, list) and len(turns) == 2 and all(isinstance(t, str) for t in turns)):
-            raise DataError(f"benchmark.prompts={path}: row {i}: 'turns' must be a list of two strings")
-        if "question_id" not in row or "category" not in row:
-            raise DataError(f"benchmark.prompts={path}: row {i}: needs 'question_id' and 'category'")
-        questions.append({"question_id": row["question_id"], "category": row["category"], "turns": turns})
+            field = "prompt" if hub_schema else "turns"
+            raise DataError(f"benchmark.prompts={path}: row {i}: {field!r} must be a list of two strings")
+        qid_key = "prompt_id" if hub_schema else "question_id"
+        if qid_key not in row or "category" not in row:
+            raise DataError(f"benchmark.prompts={path}: row {i}: needs {qid_key!r} and 'category'")
+        question = {"question_id": row[qid_key], "category": row["category"], "turns": turns}
+        reference = row.get("reference") if hub_schema else None
+        if isinstance(reference, list) and len(reference) == 2 and all(isinstance(t, str) and t for t in reference):
+            question["reference"] = reference  # the hub rows carry the GPT-4 reference answers inline
+        questions.append(question)
     return questions if limit < 0 else questions[:limit]
 
 
-def load_reference_answers(path: str | None) -> dict:
+def load_reference_answers(path: str | None, questions: list[dict] = ()) -> dict:
+    """question_id -> the GPT-4 reference answer's two turns: from FastChat's reference_answer_gpt-4.jsonl
+    (``path``), else from the questions themselves (the hub schema has them inline)."""
+    answers = {q["question_id"]: q["reference"] for q in questions if "reference" in q}
     if not path:
-        return {}
-    answers = {}
-    for i, row in enumerate(read_table(path, where="benchmark.reference_answers")):
+        return answers
+    for i, row in enumerate(read_table(path, "train", where="benchmark.reference_answers")):
         try:
             answers[row["question_id"]] = row["choices"][0]["turns"]
         except (KeyError, IndexError, TypeError):
@@ -65,7 +82,7 @@ def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dic
         raise DataError("benchmark=mt_bench needs a judge: add judge=http or judge=local (conf/judge/)")
     questions = load_questions(bcfg.prompts, bcfg.num_prompts)
     prompts = load_judge_prompts(bcfg.judge_prompts)
-    ref_answers = load_reference_answers(bcfg.reference_answers)
+    ref_answers = load_reference_answers(bcfg.reference_answers, questions)
     judge = build_judge(bcfg.judge)
     settings = SampleSettings(bcfg.max_new_tokens, bcfg.temperature, bcfg.top_p, bcfg.batch_size, bcfg.seed)
     answers = {"policy": answer_both_turns(policy, tokenizer, questions, settings, eot_token),
