@@ -107,10 +107,6 @@ def check_config(cfg: DictConfig) -> None:
         (cfg.logger.name in ("jsonl", "wandb"), f"logger.name={cfg.logger.name!r}: must be jsonl or wandb"),
         (cfg.logger.mode in ("auto", "online", "offline", "disabled"),
          f"logger.mode={cfg.logger.mode!r}: must be auto, online, offline or disabled"),
-        # Checkpoints hold full weights and the optimizer's state; under DeepSpeed both are partitioned.
-        (cfg.deepspeed is None or cfg.trainer.checkpoint_every == 0,
-         "trainer.checkpoint_every: resumable checkpoints are not supported with deepspeed yet; use DDP or "
-         "set trainer.checkpoint_every=0"),
         # TR-DPO's sync mixes the policy's weights into the reference; under ZeRO-3 each rank holds a shard.
         (cfg.deepspeed is None or cfg.reference.kind != "sync" or
          cfg.deepspeed.get("zero_optimization", {}).get("stage") != 3,
@@ -261,9 +257,9 @@ def evaluate(scorer, reference, terms, kind, rows, cfg, pad_id, device, accelera
     count = 0.0
     for micro in step_plan(ordered, world, rank, cfg.trainer.eval_batch_size):
         batch = to_device(collate(micro.rows, pad_id, kind), device)
-        logps = losses.score_batch(scorer, reference, batch, kind, losses.required_inputs(terms))
+        weights = micro.weights.to(device)
+        logps = losses.score_batch(scorer, reference, batch, kind, losses.required_inputs(terms), weights)
         per_example, metrics = compute_losses(terms, logps, training=False)
-        weights = micro.weights.to(per_example.device)
         for key, value in {"loss": per_example, **metrics}.items():
             sums[key] = sums.get(key, 0.0) + weighted_sum(value, weights)
         count += micro.n_real
@@ -349,14 +345,6 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
         total_steps = min(total_steps, cfg.trainer.max_steps)
     scheduler = make_scheduler(optimizer, cfg.optimizer, total_steps)
     config_dict = OmegaConf.to_container(cfg, resolve=True)
-    # Resuming restores weights, optimizer, scheduler, loss states and RNGs before accelerate wraps them;
-    # the reference was built above from the initial weights, as in the interrupted run.
-    state = checkpoint.TrainState()
-    if resume_from is not None:
-        state = checkpoint.load(resume_from, accelerator=accelerator, model=policy, optimizer=optimizer,
-                                scheduler=scheduler, loss_states=[t.state for t in terms], reference=reference,
-                                config=config_dict)
-        log.info("resuming from %s (step %d)", resume_from, state.step)
     configure_fsdp(accelerator, policy)  # FSDP: one shard unit per decoder layer; float32 log-prob outputs
     # The scheduler is stepped by hand once per optimizer step; accelerate's wrapper would step it
     # once per process.
@@ -364,6 +352,15 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     prepare_reference(accelerator, reference)  # ZeRO-3: partitioned for inference
     distributed = describe(accelerator, scorer)
     log.info("distributed: %s", distributed)
+    # Resuming restores weights and optimizer into the prepared (possibly sharded) model and optimizer,
+    # then scheduler, loss states and RNGs; the reference was built above from the initial weights, as in
+    # the interrupted run.
+    state = checkpoint.TrainState()
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, accelerator=accelerator, model=scorer, optimizer=optimizer,
+                                scheduler=scheduler, loss_states=[t.state for t in terms], reference=reference,
+                                config=config_dict)
+        log.info("resuming from %s (step %d)", resume_from, state.step)
 
     if is_main:
         # A resumed run's log is cut back to its checkpoint: no line of the lost steps, none twice.
@@ -401,7 +398,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
                 weights = micro.weights.to(device)
                 with micro_step(accelerator, scorer, last=j == len(plan) - 1):
                     # Policy and reference log-probs, plus whatever extra inputs the losses declared.
-                    logps = losses.score_batch(scorer, reference, batch, kind, needs)
+                    logps = losses.score_batch(scorer, reference, batch, kind, needs, weights)
                     per_example, metrics = compute_losses(terms, logps, training=True)
                     loss = (per_example * weights).sum() * backward_scale(accelerator) / n_step
                     loss = faults.poison_loss(loss, step + 1)
@@ -459,7 +456,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
                 emit({"split": "eval", "step": step, "epoch": record["epoch"], **counters["eval_metrics"]})
             if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 and step < total_steps:
                 last_checkpoint = checkpoint.save(
-                    run_dir, step, accelerator=accelerator, model=accelerator.unwrap_model(scorer).model,
+                    run_dir, step, accelerator=accelerator, model=scorer,
                     optimizer=optimizer, scheduler=scheduler, loss_states=[t.state for t in terms],
                     reference=reference, metrics_offset=sinks.offset(), counters=counters, config=config_dict,
                     keep_last=cfg.trainer.keep_last) or last_checkpoint

@@ -100,16 +100,22 @@ def _all_reduce_worker(rank: int, port: int, queue) -> None:
     from prefopt.losses.common import global_sum_count
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    values = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([3.0, 4.0, 5.0])
-    out = losses.compute("kto", policy_logps=values, ref_logps=torch.zeros_like(values),
-                         desirable=torch.ones_like(values, dtype=torch.bool), lengths=torch.ones(len(values)),
-                         kl_policy_logps=values, kl_ref_logps=torch.zeros_like(values), beta=0.1)
-    queue.put((rank, global_sum_count(values), float(out.metrics["kl"])))
+    # Rank 1's last row is a stand-in (weight 0) of the kind a rank gets when its slice of a step runs out.
+    values = torch.tensor([1.0, 2.0]) if rank == 0 else torch.tensor([3.0, 4.0, 5.0, 100.0])
+    weights = torch.ones(2) if rank == 0 else torch.tensor([1.0, 1.0, 1.0, 0.0])
+    common = dict(policy_logps=values, ref_logps=torch.zeros_like(values),
+                  desirable=torch.ones_like(values, dtype=torch.bool), lengths=torch.ones(len(values)),
+                  weights=weights)
+    out = losses.compute("kto", **common, kl_policy_logps=values, kl_ref_logps=torch.zeros_like(values), beta=0.1)
+    state: dict = {}
+    losses.compute("bco", **common, state=state, beta=1.0)
+    queue.put((rank, global_sum_count(values, weights), float(out.metrics["kl"]), state["delta"], state["count"]))
     dist.destroy_process_group()
 
 
 def test_kl_and_baseline_statistics_span_all_processes():
-    """Two gloo processes with rows [1, 2] and [3, 4, 5]: both see Σ = 15 over 5 rows, KL estimate 3."""
+    """Two gloo processes with rows [1, 2] and [3, 4, 5] (+ a stand-in 100 of weight 0): both see Σ = 15 over
+    5 rows, KTO's KL estimate 3 and BCO's reward baseline δ = mean(r) = 3 over 5 rows."""
     import socket
 
     import torch.multiprocessing as mp
@@ -127,3 +133,4 @@ def test_kl_and_baseline_statistics_span_all_processes():
         proc.join(timeout=60)
     assert [r[1] for r in results] == [(15.0, 5), (15.0, 5)]
     assert [r[2] for r in results] == pytest.approx([3.0, 3.0])
+    assert [r[3] for r in results] == pytest.approx([3.0, 3.0]) and [r[4] for r in results] == [5, 5]

@@ -22,12 +22,12 @@ class BCOHparams:
             raise ValueError(f"beta: must be > 0, got {self.beta}")
 
 
-def update_baseline(state: dict, rewards: torch.Tensor) -> None:
+def update_baseline(state: dict, rewards: torch.Tensor, weights: torch.Tensor | None = None) -> None:
     """Fold a batch into the running mean of every reward seen in training (count-weighted, like TRL's
     RunningMoments), so δ is the mean over all training rows so far, not an EMA."""
     count = state.get("count", 0)
     mean = state.get("delta", 0.0)
-    total, n = global_sum_count(rewards)  # every process's rows, as TRL's RunningMoments gathers them
+    total, n = global_sum_count(rewards, weights)  # every process's real rows, as TRL's RunningMoments
     state["delta"] = mean + (total - n * mean) / (count + n)
     state["count"] = count + n
 
@@ -52,7 +52,7 @@ def bco(logps: UnpairedLogps, hp: BCOHparams, state: dict, training: bool) -> Lo
     """
     r = hp.beta * (logps.policy - logps.ref)
     if training:
-        update_baseline(state, r.detach())
+        update_baseline(state, r.detach(), logps.weights)
     delta = torch.as_tensor(state.get("delta", 0.0), dtype=r.dtype, device=r.device)
     losses = torch.where(logps.desirable, -hp.desirable_weight * F.logsigmoid(r - delta),
                          -hp.undesirable_weight * F.logsigmoid(-(r - delta)))

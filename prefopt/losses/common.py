@@ -219,8 +219,9 @@ def unpaired_metrics(logps: UnpairedLogps, rewards: Tensor) -> dict[str, Tensor]
     return metrics
 
 
-def global_sum_count(values: Tensor) -> tuple[float, int]:
-    """``(Σ values, count)`` over every process's rows (all-reduced when torch.distributed is running).
+def global_sum_count(values: Tensor, weights: Tensor | None = None) -> tuple[float, float]:
+    """``(Σ w·values, Σ w)`` over every process's rows (all-reduced when torch.distributed is running);
+    ``weights`` (0 for a stand-in row, see ``UnpairedLogps.weights``) default to 1.
 
     KTO's KL estimate and BCO's reward baseline are batch statistics; TRL gathers them across ranks, so a
     run on N processes estimates them from the same rows as one process would. Every rank calls the loss
@@ -229,9 +230,14 @@ def global_sum_count(values: Tensor) -> tuple[float, int]:
     """
     import torch.distributed as dist
 
-    total, count = values.detach().float().sum(), values.numel()
+    values = values.detach().float()
+    if weights is None:
+        total, count = values.sum(), torch.tensor(float(values.numel()), device=values.device)
+    else:
+        weights = weights.to(values.device, torch.float32)
+        total, count = (values * weights).sum(), weights.sum()
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        packed = torch.stack([total, torch.tensor(float(count), device=total.device)])
+        packed = torch.stack([total, count])
         dist.all_reduce(packed)
-        return float(packed[0]), int(packed[1])
-    return float(total), count
+        return float(packed[0]), float(packed[1])
+    return float(total), float(count)

@@ -95,11 +95,12 @@ def _score(scorer, batch: dict, return_tokens: bool):
                   return_tokens=return_tokens, n_pairs=batch["n_examples"])
 
 
-def score_batch(scorer, reference, batch: dict, kind: str, needs: frozenset[str]):
+def score_batch(scorer, reference, batch: dict, kind: str, needs: frozenset[str], weights=None):
     """Policy (with grad) and reference (without) log-probs of one collated batch, as the loss input.
 
     ``kind`` is the collated layout (paired: rows [chosen; rejected]; sft; unpaired); ``needs`` the
     extra inputs of ``required_inputs``. ``scorer`` is the (possibly DDP-wrapped) ``SequenceScorer``.
+    ``weights``: ``(B,)``, 0 for the stand-in rows of a multi-process step (see ``UnpairedLogps.weights``).
     """
     policy_tokens = bool(needs & {"policy_tokens", "token_sq_probs"})
     out = _score(scorer, batch if kind == "paired" else {**batch, "n_examples": None}, policy_tokens)
@@ -128,7 +129,7 @@ def score_batch(scorer, reference, batch: dict, kind: str, needs: frozenset[str]
             kl_ref_out = reference.logps(kl)
             kl_ref = None if kl_ref_out is None else kl_ref_out[0]
         return UnpairedLogps(policy=policy_logps, desirable=batch["desirable"], lengths=lengths, ref=ref_logps,
-                             kl_policy=kl_policy, kl_ref=kl_ref, extras=extras)
+                             kl_policy=kl_policy, kl_ref=kl_ref, extras=extras, weights=weights)
     n = batch["n_examples"]
     paired = kind == "paired"
     return PairLogps(

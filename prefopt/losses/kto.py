@@ -32,7 +32,7 @@ def kl_estimate(logps: UnpairedLogps) -> torch.Tensor:
     within the micro-batch, as TRL), a sample from π_ref-ish outputs unrelated to x_i. Averaged over
     the rows of every process, as TRL's gather.
     """
-    total, count = global_sum_count(logps.kl_policy - logps.kl_ref)
+    total, count = global_sum_count(logps.kl_policy - logps.kl_ref, logps.weights)
     return torch.tensor(max(total / count, 0.0), dtype=logps.policy.dtype, device=logps.policy.device)
 
 

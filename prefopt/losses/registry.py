@@ -60,6 +60,9 @@ class UnpairedLogps:
     kl_policy: Tensor | None = None
     kl_ref: Tensor | None = None
     extras: dict[str, Tensor] = field(default_factory=dict)
+    # (B,): 1 for a real example, 0 for a stand-in row that only keeps a multi-process step's collectives in
+    # step; None = every row is real. Batch statistics (KTO's KL, BCO's δ) must count real rows only.
+    weights: Tensor | None = None
 
 
 @dataclass
@@ -259,6 +262,7 @@ def compute(
     lengths: Tensor | None = None,
     kl_policy_logps: Tensor | None = None,
     kl_ref_logps: Tensor | None = None,
+    weights: Tensor | None = None,
     extras: dict[str, Tensor] | None = None,
     state: dict | None = None,
     training: bool = True,
@@ -268,7 +272,8 @@ def compute(
 
     Paired and SFT losses take ``policy_chosen_logps`` (and ``policy_rejected_logps``, ``ref_*``,
     ``*_lengths``); unpaired losses take ``policy_logps``, ``ref_logps``, ``desirable``, ``lengths`` and,
-    for KTO, ``kl_policy_logps``/``kl_ref_logps``. Token-level inputs for modifiers (WPO, LD-DPO) go in
+    for KTO, ``kl_policy_logps``/``kl_ref_logps``, and ``weights`` (0 marks a stand-in row, see
+    ``UnpairedLogps``). Token-level inputs for modifiers (WPO, LD-DPO) go in
     ``extras`` (see ``INPUTS``). Every tensor is ``(B,)``; hyperparameters are keyword arguments. Example::
 
         out = prefopt.losses.compute("dpo", policy_chosen_logps=pc, policy_rejected_logps=pr,
@@ -281,7 +286,8 @@ def compute(
         if policy_logps is None or desirable is None or lengths is None:
             raise LossConfigError(f"loss {spec.name!r} is unpaired: pass policy_logps, desirable and lengths")
         logps: Any = UnpairedLogps(policy=policy_logps, desirable=desirable.bool(), lengths=lengths, ref=ref_logps,
-                                   kl_policy=kl_policy_logps, kl_ref=kl_ref_logps, extras=dict(extras or {}))
+                                   kl_policy=kl_policy_logps, kl_ref=kl_ref_logps, extras=dict(extras or {}),
+                                   weights=weights)
         missing_ref = spec.needs_reference and ref_logps is None
     else:
         if policy_chosen_logps is None:
