@@ -19,6 +19,20 @@ checkpoints beyond ``keep_last`` are deleted only after the new one is in place.
 Resuming restores all of it and truncates ``metrics.jsonl`` to the saved offset, so the log has no line
 from the lost steps and no duplicate of a redone one. The data position is the step count: the order of
 each epoch is a pure function of (seed, epoch), so the loop skips the steps already taken.
+
+Sharded backends replace ``model.safetensors`` and ``optimizer.pt`` with every rank's own shard, written by
+that rank into the same temp directory before rank 0 renames it (everything else is as above):
+
+- DeepSpeed ZeRO-2/3: ``deepspeed/``, written by ``engine.save_checkpoint`` and read back by
+  ``engine.load_checkpoint``; the fp32 master weights and optimizer state partitions of each rank
+  (``*zero_pp_rank_<r>_*optim_states.pt``) and the module file. DeepSpeed's own loader unpickles with
+  ``weights_only=False``; prefopt swaps in a loader with ``weights_only=True`` that allows only the few
+  plain DeepSpeed/Python classes these files hold (``_deepspeed_safe_globals``), so nothing else in them can
+  run code.
+- FSDP2: ``model-rank<r>.safetensors`` (the rank's local shards of every DTensor parameter) and
+  ``optimizer-rank<r>.pt`` (its optimizer state with DTensors replaced by their local shards; plain tensors,
+  ``weights_only=True``). Shards are only meaningful for the same number of processes, which ``load``
+  already requires.
 """
 
 from __future__ import annotations
@@ -150,46 +164,106 @@ def _torch_save(obj: Any, path: Path) -> None:
     torch.save(obj, path)
 
 
+def backend_of(accelerator) -> str:
+    """``full`` (one process or DDP: every rank holds the whole model and optimizer), ``deepspeed`` or
+    ``fsdp`` (each rank holds a shard and writes it)."""
+    from prefopt.distributed import uses_deepspeed, uses_fsdp
+
+    if uses_deepspeed(accelerator):
+        return "deepspeed"
+    return "fsdp" if uses_fsdp(accelerator) else "full"
+
+
+def _unwrap_policy(accelerator, model):
+    # ``model`` is the prepared SequenceScorer (DDP-, DeepSpeed- or FSDP-wrapped); its ``.model`` is the policy.
+    return accelerator.unwrap_model(model).model
+
+
 def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, loss_states: list[dict],
          reference, metrics_offset: int, counters: dict, config: dict, keep_last: int) -> Path | None:
-    """Write checkpoint ``step`` (collective: every rank calls it; rank 0 writes the files). Returns its
-    path on rank 0."""
+    """Write checkpoint ``step`` (collective: every rank calls it). ``model`` and ``optimizer`` are the
+    prepared ones. Rank 0 writes the shared files; under DeepSpeed and FSDP every rank first writes its own
+    shards into rank 0's temp directory. Returns the checkpoint's path on rank 0."""
     final = Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
-    if accelerator.num_processes > 1:
-        from accelerate.utils import gather_object
-
-        rngs = gather_object([_rng_state()])
-    else:
-        rngs = [_rng_state()]
-    failure = _write_checkpoint(final, step, model=model, optimizer=optimizer, scheduler=scheduler,
-                                loss_states=loss_states, reference=reference, metrics_offset=metrics_offset,
-                                counters=counters, config=config, rngs=rngs, world=accelerator.num_processes,
-                                keep_last=keep_last) if accelerator.is_main_process else None
-    if accelerator.num_processes > 1:
-        # Every rank learns whether rank 0's write failed (a full disk), so all stop instead of the others
+    multi = accelerator.num_processes > 1
+    main = accelerator.is_main_process
+    backend = backend_of(accelerator)
+    rngs = _gather(accelerator, _rng_state())
+    tmp, failure = _make_temp(final) if main else (None, None)
+    if backend != "full":
+        # The shards go into rank 0's temp directory, so the checkpoint is still published by one rename.
+        tmp, failure = _broadcast(accelerator, (tmp, failure))
+        if failure is None:
+            mine = _write_shards(backend, Path(tmp), accelerator.process_index, model, optimizer)
+            failure = next((f for f in _gather(accelerator, mine) if f is not None), None)
+    if main:
+        if failure is None:
+            failure = _write_checkpoint(Path(tmp), final, step, backend=backend,
+                                        policy=_unwrap_policy(accelerator, model), optimizer=optimizer,
+                                        scheduler=scheduler, loss_states=loss_states, reference=reference,
+                                        metrics_offset=metrics_offset, counters=counters, config=config,
+                                        rngs=rngs, world=accelerator.num_processes, keep_last=keep_last)
+        if failure is not None and tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if multi:
+        # Every rank learns whether a write failed (a full disk), so all stop instead of the others
         # waiting forever in their next collective.
-        from accelerate.utils import broadcast_object_list
-
-        box = [failure]
-        broadcast_object_list(box, from_process=0)
-        failure = box[0]
+        failure = _broadcast(accelerator, failure)
     if failure is not None:
         raise RunFileError(failure[0], failure[1])
-    return final if accelerator.is_main_process else None
+    return final if main else None
 
 
-def _write_checkpoint(final: Path, step: int, *, model, optimizer, scheduler, loss_states, reference,
-                      metrics_offset, counters, config, rngs, world, keep_last) -> tuple[int, str] | None:
+def _gather(accelerator, obj) -> list:
+    if accelerator.num_processes == 1:
+        return [obj]
+    from accelerate.utils import gather_object
+
+    return gather_object([obj])
+
+
+def _broadcast(accelerator, obj):
+    from accelerate.utils import broadcast_object_list
+
+    box = [obj]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _make_temp(final: Path) -> tuple[str | None, tuple[int, str] | None]:
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."), None
+    except OSError as err:
+        return None, (err.errno or 0, f"cannot write checkpoint {final}: {err.strerror or err}")
+
+
+def _write_shards(backend: str, tmp: Path, rank: int, model, optimizer) -> tuple[int, str] | None:
+    """This rank's part of a sharded checkpoint; (errno, message) on an OS error instead of raising, so the
+    failure reaches the other ranks through the gather rather than leaving them in a collective."""
+    try:
+        if backend == "deepspeed":
+            # Collective inside (barriers); the tag names the subdirectory, no ``latest`` file: which
+            # checkpoint is current is decided by our rename.
+            model.save_checkpoint(str(tmp / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, client_state={}, save_latest=False)
+        else:
+            _save_fsdp_shards(tmp, rank, model, optimizer)
+    except OSError as err:
+        return err.errno or 0, f"cannot write checkpoint shard of rank {rank} into {tmp}: {err.strerror or err}"
+    return None
+
+
+def _write_checkpoint(tmp: Path, final: Path, step: int, *, backend, policy, optimizer, scheduler, loss_states,
+                      reference, metrics_offset, counters, config, rngs, world,
+                      keep_last) -> tuple[int, str] | None:
     """Rank 0's part of ``save``; returns (errno, message) on an OS error instead of raising."""
     from safetensors.torch import save_model
 
     root = final.parent
-    tmp = None
     try:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
-        save_model(model, str(tmp / "model.safetensors"))
-        _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if backend == "full":
+            save_model(policy, str(tmp / "model.safetensors"))
+            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
         _torch_save(loss_states, tmp / "loss_state.pt")
         moving = _moving_reference(reference)
         if moving is not None:
@@ -200,6 +274,7 @@ def _write_checkpoint(final: Path, step: int, *, model, optimizer, scheduler, lo
             "scheduler": scheduler.state_dict(),
             "counters": counters,
             "world_size": world,
+            "backend": backend,
             "rng": {str(rank): s for rank, s in enumerate(rngs)},
             "config": config,
         }
@@ -207,13 +282,9 @@ def _write_checkpoint(final: Path, step: int, *, model, optimizer, scheduler, lo
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        tmp = None
         _prune(root, keep_last)
     except OSError as err:
         return err.errno or 0, f"cannot write checkpoint {final}: {err.strerror or err}"
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
     return None
 
 
@@ -236,7 +307,9 @@ def _prune(root: Path, keep_last: int) -> None:
 
 def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: list[dict], reference,
          config: dict) -> TrainState:
-    """Restore a checkpoint into the (not yet prepared) model and optimizer; returns the loop position."""
+    """Restore a checkpoint into the prepared model and optimizer (collective under DeepSpeed and FSDP:
+    every rank reads its own shard); returns the loop position. Called after ``prepare`` and just before
+    the loop, so the restored RNG streams are not consumed by the set-up."""
     from safetensors.torch import load_model
 
     try:
@@ -254,11 +327,22 @@ def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: l
             f"resume: checkpoint {path} was written by {state.get('world_size', 1)} processes, this run has "
             f"{accelerator.num_processes}; the data order and RNG streams depend on it"
         )
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"resume: {path / 'model.safetensors'} does not fit the model "
-                              f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-    optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
+    backend = backend_of(accelerator)
+    # DeepSpeed is in the config (caught above); FSDP versus DDP is only in the launch command.
+    if state.get("backend", "full") != backend:
+        raise CheckpointError(f"resume: checkpoint {path} holds {state.get('backend', 'full')} state, this run "
+                              f"is {backend}; launch it as the interrupted run was launched")
+    if backend == "deepspeed":
+        _load_deepspeed(path, model)
+    elif backend == "fsdp":
+        _load_fsdp_shards(path, accelerator.process_index, model, optimizer)
+    else:
+        missing, unexpected = load_model(_unwrap_policy(accelerator, model), str(path / "model.safetensors"),
+                                         strict=False)
+        if missing or unexpected:
+            raise CheckpointError(f"resume: {path / 'model.safetensors'} does not fit the model "
+                                  f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+        optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
     scheduler.load_state_dict(state["scheduler"])
     saved_losses = _load_tensors(path / "loss_state.pt")
     for live, saved in zip(loss_states, saved_losses, strict=True):
@@ -273,6 +357,106 @@ def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: l
     _set_rng_state(state["rng"][str(accelerator.process_index)])
     return TrainState(step=int(state["step"]), metrics_offset=int(state["metrics_offset"]),
                       counters=state.get("counters", {}), path=path)
+
+
+DEEPSPEED_DIR, DEEPSPEED_TAG = "deepspeed", "state"
+
+
+def _deepspeed_safe_globals() -> list:
+    """The non-tensor classes DeepSpeed 0.19 pickles into its checkpoint files (the fp16 loss scaler and
+    the stage enum of the optimizer state); nothing in them executes code when rebuilt."""
+    from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler, LossScalerBase
+
+    found = [LossScalerBase, LossScaler, DynamicLossScaler]
+    try:
+        from deepspeed.runtime.zero.config import ZeroStageEnum
+
+        found.append(ZeroStageEnum)
+    except ImportError:
+        pass
+    return found
+
+
+def _load_deepspeed(path: Path, engine) -> None:
+    """``engine.load_checkpoint`` with DeepSpeed's ``torch.load(weights_only=False)`` replaced by a
+    ``weights_only=True`` load that allows only ``_deepspeed_safe_globals``: a checkpoint directory from
+    elsewhere cannot run code in this process."""
+    import pickle
+
+    loader = engine.checkpoint_engine
+    allowed = _deepspeed_safe_globals()
+
+    def safe_load(file, map_location=None):
+        try:
+            with torch.serialization.safe_globals(allowed):
+                return torch.load(file, map_location=map_location, weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as err:
+            raise CheckpointError(f"resume: refusing {file}: {str(err).splitlines()[0]}") from err
+
+    loader.load = safe_load
+    try:
+        loaded, _ = engine.load_checkpoint(str(path / DEEPSPEED_DIR), tag=DEEPSPEED_TAG, load_module_strict=True,
+                                           load_optimizer_states=True, load_lr_scheduler_states=False)
+    finally:
+        del loader.load  # back to the class's own method for any later use of the engine
+    if loaded is None:
+        raise CheckpointError(f"resume: {path / DEEPSPEED_DIR / DEEPSPEED_TAG} holds no DeepSpeed checkpoint")
+
+
+def _save_fsdp_shards(tmp: Path, rank: int, model, optimizer) -> None:
+    """This rank's local shards of the FSDP2 model's parameters and of the optimizer state. Tied
+    parameters (one DTensor under two names) are stored once."""
+    from safetensors.torch import save_file
+    from torch.distributed.tensor import DTensor
+
+    tensors: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, value in model.state_dict().items():
+        local = value.to_local() if isinstance(value, DTensor) else value
+        if local.data_ptr() in seen and local.numel():
+            continue
+        seen.add(local.data_ptr())
+        tensors[name] = local.detach().contiguous()
+    save_file(tensors, str(tmp / f"model-rank{rank:05d}.safetensors"))
+    opt = optimizer.state_dict()
+    state = {idx: {k: v.to_local() if isinstance(v, DTensor) else v for k, v in entry.items()}
+             for idx, entry in opt["state"].items()}
+    sharded = [[idx, k] for idx, entry in opt["state"].items() for k, v in entry.items() if isinstance(v, DTensor)]
+    _torch_save({"state": state, "param_groups": opt["param_groups"], "dtensor": sharded},
+                tmp / f"optimizer-rank{rank:05d}.pt")
+
+
+def _load_fsdp_shards(path: Path, rank: int, model, optimizer) -> None:
+    from safetensors.torch import load_file
+    from torch.distributed.tensor import DTensor
+
+    file = path / f"model-rank{rank:05d}.safetensors"
+    try:
+        saved = load_file(str(file))
+    except (OSError, ValueError) as err:  # safetensors reports a corrupt header as a plain error
+        raise CheckpointError(f"resume: cannot read {file}: {err}") from err
+    filled: set[int] = set()
+    with torch.no_grad():
+        for name, value in model.state_dict().items():
+            local = value.to_local() if isinstance(value, DTensor) else value
+            if name in saved:
+                if saved[name].shape != local.shape:
+                    raise CheckpointError(f"resume: {file}: {name} has shape {tuple(saved[name].shape)}, this "
+                                          f"rank's shard is {tuple(local.shape)}")
+                local.copy_(saved.pop(name))
+                filled.add(local.data_ptr())
+            elif local.data_ptr() not in filled or not local.numel():
+                raise CheckpointError(f"resume: {file} has no {name}")
+    if saved:
+        raise CheckpointError(f"resume: {file} holds tensors this model does not have: {sorted(saved)[:3]}")
+    opt = _load_tensors(path / f"optimizer-rank{rank:05d}.pt")
+    # The state was saved as local shards; each becomes a DTensor again, laid out like its parameter.
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    for idx, key in opt.pop("dtensor"):
+        param = params[int(idx)]
+        opt["state"][idx][key] = DTensor.from_local(opt["state"][idx][key], param.device_mesh, param.placements,
+                                                    run_check=False, shape=param.shape, stride=param.stride())
+    optimizer.load_state_dict(opt)
 
 
 def _load_tensors(path: Path) -> Any:

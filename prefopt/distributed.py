@@ -104,12 +104,6 @@ def check_fsdp_config(cfg) -> None:
         (cfg.get("deepspeed") is not None,
          "deepspeed and FSDP both shard the model: launch FSDP without deepspeed=..., or DeepSpeed without "
          "an FSDP accelerate config"),
-        # Checkpoints hold full weights and a full optimizer state; under FSDP both are DTensor shards.
-        (cfg.trainer.checkpoint_every != 0,
-         "trainer.checkpoint_every: resumable checkpoints are not supported with FSDP yet; use DDP or set "
-         "trainer.checkpoint_every=0"),
-        (bool(cfg.get("resume")) and str(cfg.resume).lower() not in ("none", "null", "false"),
-         "resume: resuming is not supported with FSDP yet (no checkpoints are written); use DDP"),
         # TR-DPO's sync copies the policy's weights into the reference; each rank holds only a shard.
         (cfg.reference.kind == "sync",
          "reference=sync is not supported with FSDP (the policy's weights are sharded); use DDP or "

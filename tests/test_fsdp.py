@@ -15,10 +15,12 @@ import time
 import pytest
 import yaml
 
+from prefopt import checkpoint
 from prefopt.distributed import DistributedConfigError, check_fsdp_config
 from tests.conftest import ROOT, TINY, compose, read_metrics, read_summary, run_cli
 from tests.test_distributed import MOVING, _free_port, trajectory
 from tests.test_distributed_deepspeed import single  # noqa: F401  the 1-process baseline, model saved
+from tests.test_resume import kill_and_resume
 
 ACCELERATE = ROOT / "conf" / "accelerate"
 
@@ -37,8 +39,6 @@ def test_fsdp_accelerate_files():
 
 
 @pytest.mark.parametrize(("override", "phrase"), [
-    ("trainer.checkpoint_every=2", "trainer.checkpoint_every"),
-    ("resume=auto", "resume"),
     ("reference=sync", "reference=sync"),
     ("reference=adapter_off", "reference=adapter_off"),
     ("deepspeed=zero2", "deepspeed and FSDP"),
@@ -65,14 +65,18 @@ def test_fsdp_without_a_launch_is_refused_not_run_as_something_else(tmp_path):
     assert "ACCELERATE_USE_FSDP is set, but accelerate set up NO, not FSDP" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def launch_fsdp(config: str, extra_args: list[str], overrides, run_dir, timeout=600) -> float:
+def launch_fsdp(config: str, extra_args: list[str], overrides, run_dir, timeout=600, env=None, check=True,
+                proc_out=None) -> float:
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / config),
            *extra_args, "--main_process_port", str(_free_port()), "-m", "prefopt.train", *overrides,
            f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **(env or {})}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stderr[-4000:]
+    if check:
+        assert proc.returncode == 0, proc.stderr[-4000:]
+    if proc_out is not None:
+        proc_out.append(proc)
     return time.perf_counter() - start
 
 
@@ -129,3 +133,21 @@ def test_fsdp_bf16_reference_computes_at_the_policy_precision(tmp_path):
     first = [r for r in read_metrics(run_dir) if r["split"] == "train"][0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_fsdp_sigkill_then_resume_auto_matches_uninterrupted_run(tmp_path):
+    """Sharded checkpoints (each rank's local DTensor shards of weights and optimizer state) and resume=auto."""
+    def launch(overrides, run_dir, env=None, check=True):
+        procs: list = []
+        launch_fsdp("fsdp_cpu_2proc.yaml", [], overrides, run_dir, env=env, check=check, proc_out=procs)
+        return procs[0]
+
+    start = time.perf_counter()
+    deltas = kill_and_resume(launch, TINY + MOVING + ["trainer.batch_size=2"], tmp_path)
+    ckpt = checkpoint.checkpoint_dirs(tmp_path / "run")[-1]
+    assert sorted(p.name for p in ckpt.glob("*-rank*")) == [
+        "model-rank00000.safetensors", "model-rank00001.safetensors", "optimizer-rank00000.pt",
+        "optimizer-rank00001.pt"]
+    assert read_summary(tmp_path / "run")["distributed"]["type"] == "FSDP"
+    print(f"\nFSDP2 kill:3 + resume=auto: max|delta| {deltas}; 3 launches {time.perf_counter() - start:.0f} s")

@@ -34,6 +34,50 @@ def assert_close(a, b, tol=1e-6):
                 assert ra[key] == rb[key], (key, ra[key], rb[key])
 
 
+def max_deltas(a, b) -> dict[str, float]:
+    """max |a - b| per float metric over matching lines of two metrics.jsonl."""
+    out: dict[str, float] = {}
+    for ra, rb in zip(a, b, strict=True):
+        for key, value in ra.items():
+            if isinstance(value, float):
+                out[key] = max(out.get(key, 0.0), abs(value - rb[key]))
+    return out
+
+
+# A 2-process run for the sharded backends: 5 steps, evals at 2 and 4, checkpoints at 2 and 4 keeping one;
+# the kill comes after step 3 was logged, so resume restores step 2 and must drop step 3's line.
+SHARDED = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "trainer.keep_last=1"]
+
+
+def kill_and_resume(launch, overrides, tmp_path) -> dict[str, float]:
+    """An uninterrupted run, the same run SIGKILLed after step 3 (PREFOPT_INJECT_FAULT reaches every rank;
+    whichever rank dies first, the launcher tears down the other, as a pre-empted job would be), and its
+    ``resume=auto`` relaunch must write the same metrics.jsonl within 1e-6, every line once.
+    ``launch(overrides, run_dir, env=..., check=...)`` returns the CompletedProcess. Returns max |delta|
+    per metric, for the README."""
+    overrides = overrides + SHARDED
+    launch(overrides, tmp_path / "full")
+    run_dir = tmp_path / "run"
+    killed = launch(overrides, run_dir, env={"PREFOPT_INJECT_FAULT": "kill:3"}, check=False)
+    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    assert not (run_dir / "summary.json").exists()
+    assert [p.name for p in checkpoint.checkpoint_dirs(run_dir)] == ["step-00000002"]
+    assert [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"] == [1, 2, 3]
+
+    launch(overrides + ["resume=auto"], run_dir)
+    resumed, full = read_metrics(run_dir), read_metrics(tmp_path / "full")
+    assert [(r["split"], r["step"]) for r in resumed] == [(r["split"], r["step"]) for r in full]
+    assert [r["step"] for r in resumed if r["split"] == "train"] == [1, 2, 3, 4, 5]
+    assert_close(comparable(resumed), comparable(full))
+    assert abs(full[0]["loss"] - full[-1]["eval/loss"]) > 1e-3  # the model moved
+    summary = read_summary(run_dir)
+    assert summary["resumed_from"].endswith("step-00000002") and summary["steps"] == 5
+    # keep_last=1: the resumed run's checkpoint at 4 replaced the one it resumed from, as in the full run.
+    assert [p.name for p in checkpoint.checkpoint_dirs(run_dir)] == ["step-00000004"]
+    assert not list((run_dir / "checkpoints").glob(".step-*"))
+    return max_deltas(comparable(resumed), comparable(full))
+
+
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
     """The reference run, in-process (the CLI's run() without a subprocess start-up)."""
