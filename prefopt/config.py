@@ -160,6 +160,8 @@ class JudgeConfig:
     max_tokens: int = 1024
     # A reply that does not parse is asked again this many times, then counted as malformed.
     parse_retries: int = 2
+    # http: requests in flight at once (requests_per_minute still spaces their starts); local: always 1.
+    concurrency: int = 8
     # null = $PREFOPT_CACHE/judgments; every reply is cached there, keyed by judge and prompt.
     cache_dir: str | None = None
 

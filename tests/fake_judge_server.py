@@ -9,8 +9,9 @@ POST /v1/chat/completions grades what it is shown, deterministically:
 Markers inside the graded text drive the failure paths: MALFORMED_ALWAYS (a reply without a rating,
 every time), MALFORMED_ONCE (malformed the first time this exact prompt is seen), RATE_LIMIT_ONCE
 (HTTP 429 with Retry-After: 0 the first time), SERVER_ERROR_ONCE (HTTP 500 the first time), SLOW (sleeps
-2 s before answering). A wrong or missing bearer key gets HTTP 401. GET /stats returns the number of
-chat requests received, so tests can prove the cache spared a rerun.
+2 s before answering), PAUSE (sleeps 0.3 s, so that concurrent requests overlap). A wrong or missing
+bearer key gets HTTP 401. GET /stats returns the number of chat requests received, so tests can prove the
+cache spared a rerun, and the most requests that were ever in flight at once.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-STATE = {"requests": 0, "seen": {}}
+STATE = {"requests": 0, "seen": {}, "in_flight": 0, "max_in_flight": 0}
 LOCK = threading.Lock()
 API_KEY = sys.argv[2] if len(sys.argv) > 2 else "test-key"
 
@@ -52,11 +53,21 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path == "/stats":
             with LOCK:
-                self._send(200, {"requests": STATE["requests"]})
+                self._send(200, {"requests": STATE["requests"], "max_in_flight": STATE["max_in_flight"]})
         else:
             self._send(404, {"error": "not found"})
 
     def do_POST(self):
+        with LOCK:
+            STATE["in_flight"] += 1
+            STATE["max_in_flight"] = max(STATE["max_in_flight"], STATE["in_flight"])
+        try:
+            self._post()
+        finally:
+            with LOCK:
+                STATE["in_flight"] -= 1
+
+    def _post(self):
         if self.path != "/v1/chat/completions":
             self._send(404, {"error": {"message": f"no route {self.path}"}})
             return
@@ -73,6 +84,8 @@ class Handler(BaseHTTPRequestHandler):
             STATE["seen"][prompt] = seen + 1
         if "SLOW" in prompt:
             time.sleep(2)
+        if "PAUSE" in prompt:
+            time.sleep(0.3)
         if "RATE_LIMIT_ONCE" in prompt and seen == 0:
             self._send(429, {"error": {"message": "rate limited"}}, {"Retry-After": "0"})
             return

@@ -148,3 +148,50 @@ def test_reply_parsers_follow_fastchat():
     assert parse_verdict("... [[B]]") == "B"
     assert parse_verdict("[[A]] or maybe [[B]]") is None  # ambiguous
     assert parse_verdict("tie [[C]]") == "C"
+
+
+def in_flight_peak(base_url: str) -> int:
+    with urllib.request.urlopen(base_url.rsplit("/v1", 1)[0] + "/stats", timeout=10) as response:
+        return json.loads(response.read())["max_in_flight"]
+
+
+def test_judge_many_overlaps_requests_and_keeps_their_order(judge_server, tmp_path, monkeypatch):
+    """judge.concurrency=4: the server sees several requests in flight at once (PAUSE holds each 0.3 s), the
+    client never has more than 4 open, and the verdicts come back in request order, each the grade of its
+    own answer (the same as sequential judging gives)."""
+    import threading
+
+    judge = make_judge(judge_server, tmp_path, monkeypatch, concurrency=4)
+    open_now, peak, lock = [0], [0], threading.Lock()
+    complete = judge._complete
+
+    def counted(messages):
+        with lock:
+            open_now[0] += 1
+            peak[0] = max(peak[0], open_now[0])
+        try:
+            return complete(messages)
+        finally:
+            with lock:
+                open_now[0] -= 1
+
+    judge._complete = counted
+    answers = [("PAUSE " + "word " * n).strip() for n in range(8)]
+    verdicts = judge.judge_many([(grade(a), parse_rating) for a in answers])
+    assert [v.value for v in verdicts] == [1 + len(a.split()) % 10 for a in answers]
+    assert in_flight_peak(judge_server) >= 2 and 2 <= peak[0] <= 4
+    assert judge.calls == 8
+    sequential = make_judge(judge_server, tmp_path / "seq", monkeypatch)
+    assert [v.value for v in sequential.judge_many([(grade(a), parse_rating) for a in answers])] == \
+        [v.value for v in verdicts]
+    judge.close()
+    sequential.close()
+
+
+def test_judge_many_raises_the_endpoint_error(judge_server, tmp_path, monkeypatch):
+    judge = make_judge(judge_server, tmp_path, monkeypatch, concurrency=3)
+    monkeypatch.setenv("FAKE_JUDGE_KEY", "wrong-key")
+    judge.api_key = "wrong-key"
+    with pytest.raises(JudgeError, match="HTTP 401"):
+        judge.judge_many([(grade(f"answer {i}"), parse_rating) for i in range(5)])
+    judge.close()

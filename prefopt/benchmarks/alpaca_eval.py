@@ -58,14 +58,12 @@ def preference_from_verdict(verdict: str | None, model_is_a: bool) -> float | No
 
 
 def judge_outputs(judge, prompts, instructions, outputs, baseline, order) -> list[dict]:
-    judged = []
+    requests = []
     for i, (instruction, output, base) in enumerate(zip(instructions, outputs, baseline, strict=True)):
-        model_is_a = bool(order[i])
-        a, b = (output, base) if model_is_a else (base, output)
-        verdict = judge.judge(pairwise_messages(prompts, instruction, a, b), parse_verdict)
-        judged.append({"preference": preference_from_verdict(verdict.value, model_is_a),
-                       "model_first": model_is_a, "judge_reply": verdict.reply})
-    return judged
+        a, b = (output, base) if order[i] else (base, output)
+        requests.append((pairwise_messages(prompts, instruction, a, b), parse_verdict))
+    return [{"preference": preference_from_verdict(verdict.value, bool(order[i])), "model_first": bool(order[i]),
+             "judge_reply": verdict.reply} for i, verdict in enumerate(judge.judge_many(requests))]
 
 
 def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dict:

@@ -90,27 +90,34 @@ def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dic
     grades: dict[str, dict] = {"policy": {}, "reference": {}}
     malformed = {"policy": 0, "reference": 0}
     missing_reference = 0
-    items = []
+    # Every grading request first, then judged judge.concurrency at a time (results in this order).
+    slots, requests = [], []
+    for qi, q in enumerate(questions):
+        ref = ref_answers.get(q["question_id"]) if q["category"] in NEEDS_REFERENCE else None
+        if q["category"] in NEEDS_REFERENCE and ref is None:
+            missing_reference += 1
+        for turn in (1, 2):
+            for side in ("policy", "reference"):
+                slots.append((qi, turn, side))
+                requests.append((single_grade_messages(prompts, q["turns"], answers[side][qi], turn, ref),
+                                 parse_rating))
     try:
-        for qi, q in enumerate(questions):
-            ref = ref_answers.get(q["question_id"]) if q["category"] in NEEDS_REFERENCE else None
-            if q["category"] in NEEDS_REFERENCE and ref is None:
-                missing_reference += 1
-            for turn in (1, 2):
-                item = {"question_id": q["question_id"], "category": q["category"], "turn": turn}
-                for side in ("policy", "reference"):
-                    messages = single_grade_messages(prompts, q["turns"], answers[side][qi], turn, ref)
-                    verdict = judge.judge(messages, parse_rating)
-                    if verdict.malformed:
-                        malformed[side] += 1
-                    else:
-                        grades[side][(qi, turn)] = verdict.value
-                    item[f"{side}_answer"] = answers[side][qi][turn - 1]
-                    item[f"{side}_score"] = verdict.value
-                    item[f"{side}_judge_reply"] = verdict.reply
-                items.append(item)
+        verdicts = judge.judge_many(requests)
     finally:
         judge.close()
+    items_by_key: dict = {}
+    for (qi, turn, side), verdict in zip(slots, verdicts, strict=True):
+        q = questions[qi]
+        item = items_by_key.setdefault((qi, turn), {"question_id": q["question_id"], "category": q["category"],
+                                                     "turn": turn})
+        if verdict.malformed:
+            malformed[side] += 1
+        else:
+            grades[side][(qi, turn)] = verdict.value
+        item[f"{side}_answer"] = answers[side][qi][turn - 1]
+        item[f"{side}_score"] = verdict.value
+        item[f"{side}_judge_reply"] = verdict.reply
+    items = list(items_by_key.values())
     both = [k for k in grades["policy"] if k in grades["reference"]]
     result: dict = {"name": "mt_bench", "judge": judge.identity, "num_questions": len(questions),
                     "judged_turns": 2 * len(questions)}

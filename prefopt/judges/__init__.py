@@ -38,8 +38,9 @@ def build_judge(jcfg) -> Judge:
             judge = OpenAIJudge(jcfg.base_url, jcfg.model, api_key_env=jcfg.api_key_env, timeout=jcfg.timeout,
                                 max_retries=jcfg.max_retries, requests_per_minute=jcfg.requests_per_minute,
                                 temperature=jcfg.temperature, max_tokens=jcfg.max_tokens,
-                                parse_retries=jcfg.parse_retries)
+                                parse_retries=jcfg.parse_retries, concurrency=jcfg.get("concurrency", 1))
         elif kind == "local":
+            # One model on this machine: concurrent generate() calls would only contend for it.
             judge = LocalJudge(jcfg.model, max_new_tokens=jcfg.max_tokens, parse_retries=jcfg.parse_retries)
         elif kind == "none":
             raise JudgeConfigError("this benchmark needs a judge: add judge=http or judge=local "

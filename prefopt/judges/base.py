@@ -10,6 +10,10 @@ sha256(judge identity, messages, attempt number). A rerun replays the same attem
 neither a rerun nor a crash mid-benchmark pays for a judgment twice, and a rerun reaches the same
 verdicts. Lines are appended with one flushed write each; a torn last line after a hard kill is
 ignored.
+
+Concurrency: ``judge_many`` sends up to ``concurrency`` requests at once (threads; an HTTP judge spends
+its time waiting on the network, 320 sequential MT-Bench calls take minutes). Results come back in request
+order, so a benchmark's items and statistics do not depend on which reply arrived first.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,12 +87,16 @@ class Judge:
 
     identity: str = "judge"
 
-    def __init__(self, cache_path: str | os.PathLike | None = None, parse_retries: int = 2):
+    def __init__(self, cache_path: str | os.PathLike | None = None, parse_retries: int = 2, concurrency: int = 1):
         if parse_retries < 0:
             raise ValueError(f"judge.parse_retries={parse_retries}: must be >= 0")
+        if concurrency < 1:
+            raise ValueError(f"judge.concurrency={concurrency}: must be >= 1")
         self.cache = JudgmentCache(cache_path)
         self.parse_retries = parse_retries
+        self.concurrency = concurrency
         self.calls = 0  # replies actually requested (cache misses), for reports and tests
+        self._calls_lock = threading.Lock()
 
     def _complete(self, messages: list[dict[str, str]]) -> str:
         raise NotImplementedError
@@ -105,13 +114,28 @@ class Judge:
             if reply is None:
                 cached = False
                 reply = self._complete(messages)
-                self.calls += 1
+                with self._calls_lock:
+                    self.calls += 1
                 self.cache.put(key, reply)
             value = parse(reply)
             if value is not None:
                 return Verdict(value, reply, attempt + 1, cached)
             log.debug("malformed judge reply (attempt %d): %.200r", attempt + 1, reply)
         return Verdict(None, reply, self.parse_retries + 1, cached)
+
+    def judge_many(self, requests: Sequence[tuple[list[dict[str, str]], Callable[[str], Any]]]) -> list[Verdict]:
+        """``judge(messages, parse)`` for each request, ``self.concurrency`` at a time, in request order.
+        The first JudgeError (an unreachable or refusing endpoint) is raised once the requests in flight end."""
+        if self.concurrency == 1 or len(requests) <= 1:
+            return [self.judge(messages, parse) for messages, parse in requests]
+        with ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="judge") as pool:
+            futures = [pool.submit(self.judge, messages, parse) for messages, parse in requests]
+            try:
+                return [future.result() for future in futures]
+            except BaseException:
+                for future in futures:
+                    future.cancel()
+                raise
 
     def close(self) -> None:
         self.cache.close()

@@ -28,8 +28,8 @@ class OpenAIJudge(Judge):
     def __init__(self, base_url: str, model: str, *, api_key_env: str | None = "OPENAI_API_KEY",
                  timeout: float = 60.0, max_retries: int = 5, requests_per_minute: float = 0.0,
                  temperature: float = 0.0, max_tokens: int = 1024, backoff_seconds: float = 1.0,
-                 cache_path=None, parse_retries: int = 2):
-        super().__init__(cache_path, parse_retries)
+                 cache_path=None, parse_retries: int = 2, concurrency: int = 1):
+        super().__init__(cache_path, parse_retries, concurrency)
         if not base_url:
             raise ValueError("judge.base_url: required for judge=http (e.g. https://api.openai.com/v1)")
         if not model:
