@@ -363,18 +363,14 @@ DEEPSPEED_DIR, DEEPSPEED_TAG = "deepspeed", "state"
 
 
 def _deepspeed_safe_globals() -> list:
-    """The non-tensor classes DeepSpeed 0.19 pickles into its checkpoint files (the fp16 loss scaler and
-    the stage enum of the optimizer state); nothing in them executes code when rebuilt."""
+    """The non-tensor classes DeepSpeed 0.19 pickles into its checkpoint files: the loss scaler (ZeRO-2),
+    the (numel, start) address of each parameter in ZeRO-2's flat partition, and the stage enum (ZeRO-3).
+    Plain records: rebuilding one sets attributes and runs nothing else."""
     from deepspeed.runtime.fp16.loss_scaler import DynamicLossScaler, LossScaler, LossScalerBase
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
 
-    found = [LossScalerBase, LossScaler, DynamicLossScaler]
-    try:
-        from deepspeed.runtime.zero.config import ZeroStageEnum
-
-        found.append(ZeroStageEnum)
-    except ImportError:
-        pass
-    return found
+    return [LossScalerBase, LossScaler, DynamicLossScaler, fragment_address, ZeroStageEnum]
 
 
 def _load_deepspeed(path: Path, engine) -> None:
@@ -391,7 +387,10 @@ def _load_deepspeed(path: Path, engine) -> None:
             with torch.serialization.safe_globals(allowed):
                 return torch.load(file, map_location=map_location, weights_only=True)
         except (pickle.UnpicklingError, RuntimeError, OSError, EOFError) as err:
-            raise CheckpointError(f"resume: refusing {file}: {str(err).splitlines()[0]}") from err
+            # torch's first line only says that a weights-only load failed; the reason is further down.
+            lines = str(err).splitlines()
+            reason = next((line.strip() for line in lines if "Unsupported global" in line), lines[0])
+            raise CheckpointError(f"resume: refusing {file}: {reason}") from err
 
     loader.load = safe_load
     try:

@@ -177,3 +177,53 @@ def test_fresh_run_in_a_used_directory_starts_clean(tmp_path):
 def test_resume_path_without_checkpoint_is_a_clear_error(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="no complete checkpoint"):
         checkpoint.resolve_resume(str(tmp_path), tmp_path)
+
+
+class _Touch:
+    """Pickles as a call of Path.touch: unpickling it with full pickle would create the file."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return Path.touch, (Path(self.path),)
+
+
+def test_deepspeed_files_are_read_without_unpickling_code(tmp_path):
+    """DeepSpeed's own loader is torch.load(weights_only=False); resume swaps in weights_only=True with
+    DeepSpeed's stage enum allowed: its real state loads, a file whose pickle calls a function is refused
+    before the call runs, and the engine gets its own loader back."""
+    import torch
+    from deepspeed.runtime.checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    class Engine:  # the part of DeepSpeedEngine that load_checkpoint reads files through
+        def __init__(self):
+            self.checkpoint_engine = TorchCheckpointEngine()
+            self.read = {}
+
+        def load_checkpoint(self, load_dir, tag, **_):
+            for file in sorted((tmp_path / "deepspeed" / tag).glob("*.pt")):
+                assert str(file).startswith(load_dir)
+                self.read[file.name] = self.checkpoint_engine.load(str(file))
+            return load_dir, {}
+
+    shards = tmp_path / checkpoint.DEEPSPEED_DIR / checkpoint.DEEPSPEED_TAG
+    shards.mkdir(parents=True)
+    torch.save({"optimizer_state_dict": {"zero_stage": ZeroStageEnum.weights, "fp32": torch.ones(3)},
+                "ds_version": "0.19.8"}, shards / "zero_pp_rank_0_mp_rank_00_optim_states.pt")
+    engine = Engine()
+    checkpoint._load_deepspeed(tmp_path, engine)
+    state = engine.read["zero_pp_rank_0_mp_rank_00_optim_states.pt"]["optimizer_state_dict"]
+    assert state["zero_stage"] is ZeroStageEnum.weights and torch.equal(state["fp32"], torch.ones(3))
+    assert "load" not in vars(engine.checkpoint_engine)
+
+    marker = tmp_path / "code-ran"
+    torch.save({"module": _Touch(marker)}, shards / "zero_pp_rank_1_mp_rank_00_model_states.pt")
+    with pytest.raises(checkpoint.CheckpointError, match="refusing .*zero_pp_rank_1_mp_rank_00_model_states.pt"):
+        checkpoint._load_deepspeed(tmp_path, Engine())
+    assert not marker.exists()
+    torch.load(shards / "zero_pp_rank_1_mp_rank_00_model_states.pt", weights_only=False)
+    assert marker.exists()  # the same file through DeepSpeed's own loader would have run it
