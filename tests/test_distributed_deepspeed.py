@@ -17,15 +17,16 @@ import pytest
 from prefopt import checkpoint
 from tests.conftest import ROOT, TINY, read_metrics, read_summary, run_cli
 from tests.test_distributed import MOVING, _free_port, trajectory
-from tests.test_resume import kill_and_resume
+from tests.test_resume import kill_and_resume, rank0_only
 
 pytestmark = pytest.mark.slow
 
 
-def torchrun(overrides, run_dir, nproc=2, timeout=600, env=None, check=True):
+def torchrun(overrides, run_dir, nproc=2, timeout=600, rank0_env=None, check=True):
+    program = ["--no-python", *rank0_only(rank0_env)] if rank0_env else []
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-           "--master_port", str(_free_port()), "-m", "prefopt.train", *overrides, f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **(env or {})}
+           "--master_port", str(_free_port()), *program, "-m", "prefopt.train", *overrides, f"hydra.run.dir={run_dir}"]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
         assert proc.returncode == 0, proc.stderr[-4000:]

@@ -20,7 +20,7 @@ from prefopt.distributed import DistributedConfigError, check_fsdp_config
 from tests.conftest import ROOT, TINY, compose, read_metrics, read_summary, run_cli
 from tests.test_distributed import MOVING, _free_port, trajectory
 from tests.test_distributed_deepspeed import single  # noqa: F401  the 1-process baseline, model saved
-from tests.test_resume import kill_and_resume
+from tests.test_resume import kill_and_resume, rank0_only
 
 ACCELERATE = ROOT / "conf" / "accelerate"
 
@@ -65,12 +65,14 @@ def test_fsdp_without_a_launch_is_refused_not_run_as_something_else(tmp_path):
     assert "ACCELERATE_USE_FSDP is set, but accelerate set up NO, not FSDP" in proc.stderr and "Traceback" not in proc.stderr
 
 
-def launch_fsdp(config: str, extra_args: list[str], overrides, run_dir, timeout=600, env=None, check=True,
+def launch_fsdp(config: str, extra_args: list[str], overrides, run_dir, timeout=600, rank0_env=None, check=True,
                 proc_out=None) -> float:
+    # accelerate's -m is its own --module flag; under --no_python the program and its -m are passed through.
+    program = ["--no_python", *rank0_only(rank0_env)] if rank0_env else []
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ACCELERATE / config),
-           *extra_args, "--main_process_port", str(_free_port()), "-m", "prefopt.train", *overrides,
+           *extra_args, "--main_process_port", str(_free_port()), *program, "-m", "prefopt.train", *overrides,
            f"hydra.run.dir={run_dir}"]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1", **(env or {})}
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if check:
@@ -138,9 +140,9 @@ def test_fsdp_bf16_reference_computes_at_the_policy_precision(tmp_path):
 @pytest.mark.slow
 def test_fsdp_sigkill_then_resume_auto_matches_uninterrupted_run(tmp_path):
     """Sharded checkpoints (each rank's local DTensor shards of weights and optimizer state) and resume=auto."""
-    def launch(overrides, run_dir, env=None, check=True):
+    def launch(overrides, run_dir, rank0_env=None, check=True):
         procs: list = []
-        launch_fsdp("fsdp_cpu_2proc.yaml", [], overrides, run_dir, env=env, check=check, proc_out=procs)
+        launch_fsdp("fsdp_cpu_2proc.yaml", [], overrides, run_dir, rank0_env=rank0_env, check=check, proc_out=procs)
         return procs[0]
 
     start = time.perf_counter()

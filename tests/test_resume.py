@@ -4,7 +4,10 @@ losses and metrics as an uninterrupted run, and metrics.jsonl has every line exa
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import signal
+import sys
 
 import pytest
 
@@ -49,17 +52,27 @@ def max_deltas(a, b) -> dict[str, float]:
 SHARDED = ["trainer.max_steps=5", "trainer.checkpoint_every=2", "trainer.keep_last=1"]
 
 
+def rank0_only(env: dict[str, str]) -> list[str]:
+    """What a launcher runs, with its no-python flag, instead of ``python``: ``env`` is exported on rank 0
+    alone (a launcher gives every rank the same environment)."""
+    exports = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    return ["sh", "-c", f'if [ "$RANK" = 0 ]; then export {exports}; fi; exec "$0" "$@"', sys.executable]
+
+
 def kill_and_resume(launch, overrides, tmp_path) -> dict[str, float]:
-    """An uninterrupted run, the same run SIGKILLed after step 3 (PREFOPT_INJECT_FAULT reaches every rank;
-    whichever rank dies first, the launcher tears down the other, as a pre-empted job would be), and its
-    ``resume=auto`` relaunch must write the same metrics.jsonl within 1e-6, every line once.
-    ``launch(overrides, run_dir, env=..., check=...)`` returns the CompletedProcess. Returns max |delta|
-    per metric, for the README."""
+    """An uninterrupted run; the same run with rank 0 alone SIGKILLed after it logged step 3, so that rank 1
+    is left waiting in step 4's first collective until the launcher tears it down, as when one node of a
+    job is pre-empted; and the ``resume=auto`` relaunch, which must write the same metrics.jsonl within
+    1e-6, every line once. ``launch(overrides, run_dir, rank0_env=..., check=...)`` returns the
+    CompletedProcess. Returns max |delta| per metric, for the README."""
     overrides = overrides + SHARDED
     launch(overrides, tmp_path / "full")
     run_dir = tmp_path / "run"
-    killed = launch(overrides, run_dir, env={"PREFOPT_INJECT_FAULT": "kill:3"}, check=False)
-    assert killed.returncode != 0 and "SIGKILL" in killed.stderr, killed.stderr[-3000:]
+    killed = launch(overrides, run_dir, rank0_env={"PREFOPT_INJECT_FAULT": "kill:3"}, check=False)
+    assert killed.returncode != 0, killed.stderr[-3000:]
+    # Only rank 0 died of the fault; the launcher ended rank 1 (SIGTERM, or it failed on the lost peer).
+    assert re.search(r"rank\s*: 0 .*\n.*SIGKILL", killed.stderr), killed.stderr[-3000:]
+    assert not re.search(r"rank\s*: 1 .*\n.*SIGKILL", killed.stderr), killed.stderr[-3000:]
     assert not (run_dir / "summary.json").exists()
     assert [p.name for p in checkpoint.checkpoint_dirs(run_dir)] == ["step-00000002"]
     assert [r["step"] for r in read_metrics(run_dir) if r["split"] == "train"] == [1, 2, 3]
