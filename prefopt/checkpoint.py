@@ -185,7 +185,6 @@ def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, 
     prepared ones. Rank 0 writes the shared files; under DeepSpeed and FSDP every rank first writes its own
     shards into rank 0's temp directory. Returns the checkpoint's path on rank 0."""
     final = Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
-    multi = accelerator.num_processes > 1
     main = accelerator.is_main_process
     backend = backend_of(accelerator)
     rngs = _gather(accelerator, _rng_state())
@@ -205,10 +204,9 @@ def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, 
                                         rngs=rngs, world=accelerator.num_processes, keep_last=keep_last)
         if failure is not None and tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
-    if multi:
-        # Every rank learns whether a write failed (a full disk), so all stop instead of the others
-        # waiting forever in their next collective.
-        failure = _broadcast(accelerator, failure)
+    # Every rank learns whether a write failed (a full disk), so all stop instead of the others waiting
+    # forever in their next collective.
+    failure = _broadcast(accelerator, failure)
     if failure is not None:
         raise RunFileError(failure[0], failure[1])
     return final if main else None
@@ -223,6 +221,8 @@ def _gather(accelerator, obj) -> list:
 
 
 def _broadcast(accelerator, obj):
+    if accelerator.num_processes == 1:
+        return obj
     from accelerate.utils import broadcast_object_list
 
     box = [obj]
