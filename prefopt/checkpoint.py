@@ -305,13 +305,10 @@ def _prune(root: Path, keep_last: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: list[dict], reference,
-         config: dict) -> TrainState:
-    """Restore a checkpoint into the prepared model and optimizer (collective under DeepSpeed and FSDP:
-    every rank reads its own shard); returns the loop position. Called after ``prepare`` and just before
-    the loop, so the restored RNG streams are not consumed by the set-up."""
-    from safetensors.torch import load_model
-
+def validate(path: Path, *, accelerator, config: dict) -> dict:
+    """The checkpoint's state.json, if this run can resume from it (same config up to RESUME_MAY_DIFFER,
+    same number of processes, same backend); a CheckpointError naming the difference otherwise. Cheap, so
+    the run checks it before loading any weights."""
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as err:
@@ -332,6 +329,18 @@ def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: l
     if state.get("backend", "full") != backend:
         raise CheckpointError(f"resume: checkpoint {path} holds {state.get('backend', 'full')} state, this run "
                               f"is {backend}; launch it as the interrupted run was launched")
+    return state
+
+
+def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: list[dict], reference,
+         config: dict) -> TrainState:
+    """Restore a checkpoint into the prepared model and optimizer (collective under DeepSpeed and FSDP:
+    every rank reads its own shard); returns the loop position. Called after ``prepare`` and just before
+    the loop, so the restored RNG streams are not consumed by the set-up."""
+    from safetensors.torch import load_model
+
+    state = validate(path, accelerator=accelerator, config=config)
+    backend = state.get("backend", "full")
     if backend == "deepspeed":
         _load_deepspeed(path, model)
     elif backend == "fsdp":

@@ -313,7 +313,11 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     is_main = accelerator.is_main_process
     install_log_redaction()
     resume_from = checkpoint.resolve_resume(cfg.resume, run_dir)
-    if resume_from is None and is_main:
+    if resume_from is not None:
+        # The weights are restored only after prepare (sharded backends need the prepared model); a
+        # checkpoint this run cannot continue is refused now, before minutes of loading and sharding.
+        checkpoint.validate(resume_from, accelerator=accelerator, config=OmegaConf.to_container(cfg, resolve=True))
+    elif is_main:
         checkpoint.clear_previous_run(run_dir)  # a fresh run in a used directory starts clean
     accelerator.wait_for_everyone()  # every rank has resolved the resume point before rank 0 writes
 
