@@ -31,7 +31,9 @@ import dataclasses
 import math
 import os
 import socket
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -353,3 +355,52 @@ def gathered_state_dict(accelerator, scorer) -> dict[str, torch.Tensor] | None:
         return None
     state = accelerator.get_state_dict(scorer)
     return {k.removeprefix("model."): v for k, v in state.items()} if state is not None else None
+
+
+def dropped_cpu_processes(parent_cmdline: list[str] | None = None) -> int | None:
+    """N when ``accelerate launch --cpu --num_processes N`` (N > 1) started this process alone.
+
+    accelerate 1.15 runs a multi-process CPU job only through mpirun (``--mpirun_hostfile``); otherwise its
+    simple launcher starts one process, tells it nothing about N, and the run quietly trains on one process
+    with 1/N of the requested global batch. The request is read from the launcher's command line (this
+    process's parent on Linux); None when that cannot be read or nothing was dropped."""
+    if os.environ.get("ACCELERATE_USE_CPU", "").lower() not in ("true", "1") or "WORLD_SIZE" in os.environ:
+        return None
+    if parent_cmdline is None:
+        try:
+            raw = Path(f"/proc/{os.getppid()}/cmdline").read_bytes()
+        except OSError:
+            return None
+        parent_cmdline = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+    head = " ".join(parent_cmdline[:3])
+    if "accelerate" not in head or "launch" not in " ".join(parent_cmdline[:4]):
+        return None
+    if any(arg.startswith("--mpirun_hostfile") for arg in parent_cmdline):
+        return None
+    for i, arg in enumerate(parent_cmdline):
+        value = None
+        if arg in ("--num_processes", "--num-processes") and i + 1 < len(parent_cmdline):
+            value = parent_cmdline[i + 1]
+        elif arg.startswith(("--num_processes=", "--num-processes=")):
+            value = arg.split("=", 1)[1]
+        if value is not None:
+            try:
+                n = int(value)
+            except ValueError:
+                return None
+            return n if n > 1 else None
+    return None
+
+
+def relaunch_dropped_cpu_processes() -> None:
+    """Start the N processes ``accelerate launch --cpu --num_processes N`` asked for, with torchrun (gloo),
+    in place of this lone one; accelerate then sets up its MULTI_CPU mode from torchrun's variables, so
+    the run is the same DDP run as with ``--config_file conf/accelerate/cpu_2proc.yaml``."""
+    n = dropped_cpu_processes()
+    if n is None:
+        return
+    print(f"prefopt: accelerate launch --cpu started 1 of the {n} processes asked for (it runs several CPU "
+          f"processes only under mpirun); starting {n} with torchrun (gloo) instead", file=sys.stderr, flush=True)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+           "-m", "prefopt.train", *sys.argv[1:]]
+    os.execv(sys.executable, cmd)

@@ -595,4 +595,7 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    from prefopt.distributed import relaunch_dropped_cpu_processes
+
+    relaunch_dropped_cpu_processes()  # `accelerate launch --cpu --num_processes N` starts only one process
     main()
