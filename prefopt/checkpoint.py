@@ -383,7 +383,7 @@ def _deepspeed_safe_globals() -> list:
 
 
 def _load_deepspeed(path: Path, engine) -> None:
-    """``engine.load_checkpoint`` with DeepSpeed's ``torch.load(weights_only=False)`` replaced by a
+    """``engine.load_checkpoint`` with the unrestricted unpickling DeepSpeed asks of torch.load replaced by a
     ``weights_only=True`` load that allows only ``_deepspeed_safe_globals``: a checkpoint directory from
     elsewhere cannot run code in this process."""
     import pickle
