@@ -1,27 +1,23 @@
-"""Run the miniature reward–KL frontier (paper figure 1) and the epochs ablation (paper figure 2).
+"""Run the reward–KL frontier (paper figure 1) and the epochs ablation (paper figure 2).
 
-    flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py frontier epochs
+    python experiments/paper_frontier.py frontier epochs
 
-The committed sweeps were made by that command, except that its last frontier job (ipo, β=0.5) died at
-compose time when another change to the tree renamed the loss-schema group mid-sweep; it was rerun
-with ``... paper_frontier.py frontier epochs --losses ipo --betas 0.5 --name frontier_ipo_rerun``
-(same settings; the figure scripts read every ``paper_figures/sweeps/frontier*`` folder).
-
-Measured: ~50 min for both on 2 CPU cores shared with five other agents' jobs (~1.5-2 min per optimizer
-step of 4 pairs under that contention; a few seconds on idle cores).
-
-Scale, honestly: SmolLM2-135M-Instruct on 2 shared CPU cores, the built-in controlled-sentiment pairs
-(SmolLM2's own samples labelled by VADER, prefopt/assets), 4 pairs per optimizer step, so each run sees
-a dozen or two pairs: a miniature of the DPO paper's figure, not a reproduction, sized so that it
-finishes on a shared CPU box.
-``frontier``: 3 steps (12 pairs, lr 1e-4) for each β in {0.05, 0.5} and each of dpo and ipo, then the
-sentiment benchmark (16 held-out prompts, 16 new tokens, policy and reference sampled with the same
-seeds): VADER reward and the sampled KL(π‖π_ref).
+``frontier``: dpo and ipo at β ∈ {0.01, 0.1, 1.0}, each run the size of the README's default run (3 epochs
+over 64 built-in sentiment pairs, 8 pairs per step = 24 steps, lr 1e-5, then the sentiment benchmark on
+the 48 held-out prompts, 40 new tokens, policy and reference sampled with the same seeds: VADER reward
+and the sampled KL(π‖π_ref)); reference log-probs precomputed once for the whole sweep.
 ``epochs``: Zephyr's α/β ablation in miniature, DPO β=0.1 on 8 of the pairs, ``variant=zephyr_alpha``
-(1 epoch, 2 steps) vs ``variant=zephyr_beta`` (3 epochs, 6 steps, beta's data filters); the real one
-is Mistral-7B on UltraFeedback judged by MT-Bench.
+(1 epoch, 2 steps) vs ``variant=zephyr_beta`` (3 epochs, 6 steps, beta's data filters), with the
+miniature settings of ``COMMON`` (lr 1e-4, 4 pairs per step, 16 prompts x 16 tokens); the real one is
+Mistral-7B on UltraFeedback judged by MT-Bench.
 
-Each sweep is one Hydra multirun of ``prefopt.train``; its run directories land in
+Measured: the frontier's 6 runs took 804, 869, 922 s (dpo; the 2 cores shared with other sessions' test
+jobs) and 176, 193, 229 s (ipo; less contention) of wall time, ~40 min in all; the first job computed the
+reference log-probs (cache miss), the other five read them.
+
+Scale, honestly: SmolLM2-135M-Instruct on 2 CPU cores with the built-in controlled-sentiment pairs
+(SmolLM2's own samples labelled by VADER, prefopt/assets): a miniature of the DPO paper's figure, not a
+reproduction. Each sweep is one Hydra multirun of ``prefopt.train``; its run directories land in
 ``paper_figures/sweeps/<name>/`` and the figure scripts read only those files. A loss that is not
 registered is replaced by conservative DPO (``loss.dpo.label_smoothing=0.2``), and the script says so.
 """
@@ -43,7 +39,12 @@ COMMON = [
     "optimizer.lr=1e-4", "trainer.batch_size=4", "trainer.grad_accum=1", "trainer.eval_every=0",
     "trainer.save_model=false", "trainer.progress_bar=false",
 ]
-BETAS = "0.05,0.5"
+BETAS = "0.01,0.1,1.0"
+# The frontier runs at the scale of the default run (the README's first command: 64 pairs, 3 epochs,
+# lr 1e-5, 48 held-out prompts), only β and the loss vary; the reference log-probs are computed once for
+# the whole sweep (reference=precomputed gives the same losses as frozen, 1e-5, tests/test_reference_options.py).
+FRONTIER = ["model=smollm2-135m", "dataset=sentiment", "benchmark=sentiment", "reference=precomputed",
+            "trainer.save_model=false", "trainer.progress_bar=false"]
 
 
 def registered_losses() -> set[str]:
@@ -52,10 +53,10 @@ def registered_losses() -> set[str]:
     return set(out.stdout.strip().split(","))
 
 
-def multirun(name: str, overrides: list[str]) -> None:
+def multirun(name: str, overrides: list[str], common: list[str] = COMMON) -> None:
     # Job folders are numbered only: the full override list would exceed the 255-byte name limit
     # (each job's .hydra/overrides.yaml and config.yaml still record everything).
-    cmd = [sys.executable, "-m", "prefopt.train", "-m", *COMMON, *overrides, f"hydra.sweep.dir={RUNS / name}",
+    cmd = [sys.executable, "-m", "prefopt.train", "-m", *common, *overrides, f"hydra.sweep.dir={RUNS / name}",
            "hydra.sweep.subdir=${hydra.job.num}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -80,12 +81,11 @@ def frontier(losses: str, betas: str, name: str) -> None:
     wanted = losses.split(",")
     present = [loss for loss in wanted if loss in known]
     if present:
-        multirun(name, [f"loss={','.join(present)}", f"beta={betas}", "epochs=1", "trainer.max_steps=3"])
+        multirun(name, [f"loss={','.join(present)}", f"beta={betas}"], FRONTIER)
     if len(present) < len(wanted):
         print(f"losses {sorted(set(wanted) - known)} are not registered; running cDPO (label_smoothing=0.2) "
               "in their place", flush=True)
-        multirun(f"{name}_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={betas}", "epochs=1",
-                                   "trainer.max_steps=3"])
+        multirun(f"{name}_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={betas}"], FRONTIER)
 
 
 if __name__ == "__main__":
