@@ -6,10 +6,9 @@
 over 64 built-in sentiment pairs, 8 pairs per step = 24 steps, lr 1e-5, then the sentiment benchmark on
 the 48 held-out prompts, 40 new tokens, policy and reference sampled with the same seeds: VADER reward
 and the sampled KL(π‖π_ref)); reference log-probs precomputed once for the whole sweep.
-``epochs``: Zephyr's α/β ablation in miniature, DPO β=0.1 on 8 of the pairs, ``variant=zephyr_alpha``
-(1 epoch, 2 steps) vs ``variant=zephyr_beta`` (3 epochs, 6 steps, beta's data filters), with the
-miniature settings of ``COMMON`` (lr 1e-4, 4 pairs per step, 16 prompts x 16 tokens); the real one is
-Mistral-7B on UltraFeedback judged by MT-Bench.
+``epochs``: Zephyr's α/β ablation at the same scale, DPO β=0.1, ``variant=zephyr_alpha`` (1 epoch, 8 steps)
+vs ``variant=zephyr_beta`` (3 epochs, 24 steps, beta's data filters); the real one is Mistral-7B on
+UltraFeedback judged by MT-Bench.
 
 Measured: the frontier's 6 runs took 804, 869, 922 s (dpo; the 2 cores shared with other sessions' test
 jobs) and 176, 193, 229 s (ipo; less contention) of wall time, ~40 min in all; the first job computed the
@@ -32,18 +31,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 RUNS = ROOT / "paper_figures" / "sweeps"
 
-COMMON = [
-    "model=smollm2-135m", "dataset=sentiment", "benchmark=sentiment",
-    "benchmark.num_prompts=16", "benchmark.max_new_tokens=16", "benchmark.batch_size=16",
-    # Far above Zephyr's 5e-7 so that a handful of CPU steps move a 135M policy measurably.
-    "optimizer.lr=1e-4", "trainer.batch_size=4", "trainer.grad_accum=1", "trainer.eval_every=0",
-    "trainer.save_model=false", "trainer.progress_bar=false",
-]
 BETAS = "0.01,0.1,1.0"
-# The frontier runs at the scale of the default run (the README's first command: 64 pairs, 3 epochs,
-# lr 1e-5, 48 held-out prompts), only β and the loss vary; the reference log-probs are computed once for
-# the whole sweep (reference=precomputed gives the same losses as frozen, 1e-5, tests/test_reference_options.py).
-FRONTIER = ["model=smollm2-135m", "dataset=sentiment", "benchmark=sentiment", "reference=precomputed",
+# Every run has the scale of the default run (the README's first command: 64 pairs, 3 epochs, lr 1e-5,
+# 48 held-out prompts); only β, the loss or the variant change. The reference log-probs are computed once
+# for all of them (reference=precomputed gives the same losses as frozen, 1e-5, test_reference_options.py).
+SETTINGS = ["model=smollm2-135m", "dataset=sentiment", "benchmark=sentiment", "reference=precomputed",
             "trainer.save_model=false", "trainer.progress_bar=false"]
 
 
@@ -53,10 +45,10 @@ def registered_losses() -> set[str]:
     return set(out.stdout.strip().split(","))
 
 
-def multirun(name: str, overrides: list[str], common: list[str] = COMMON) -> None:
+def multirun(name: str, overrides: list[str]) -> None:
     # Job folders are numbered only: the full override list would exceed the 255-byte name limit
     # (each job's .hydra/overrides.yaml and config.yaml still record everything).
-    cmd = [sys.executable, "-m", "prefopt.train", "-m", *common, *overrides, f"hydra.sweep.dir={RUNS / name}",
+    cmd = [sys.executable, "-m", "prefopt.train", "-m", *SETTINGS, *overrides, f"hydra.sweep.dir={RUNS / name}",
            "hydra.sweep.subdir=${hydra.job.num}"]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, cwd=ROOT, check=True)
@@ -73,7 +65,7 @@ def main() -> None:
     if "frontier" in args.which:
         frontier(args.losses, args.betas, args.name)
     if "epochs" in args.which:
-        multirun("epochs", ["loss=dpo", "beta=0.1", "dataset.max_train_rows=8", "variant=zephyr_alpha,zephyr_beta"])
+        multirun("epochs", ["loss=dpo", "beta=0.1", "variant=zephyr_alpha,zephyr_beta"])
 
 
 def frontier(losses: str, betas: str, name: str) -> None:
@@ -81,11 +73,11 @@ def frontier(losses: str, betas: str, name: str) -> None:
     wanted = losses.split(",")
     present = [loss for loss in wanted if loss in known]
     if present:
-        multirun(name, [f"loss={','.join(present)}", f"beta={betas}"], FRONTIER)
+        multirun(name, [f"loss={','.join(present)}", f"beta={betas}"])
     if len(present) < len(wanted):
         print(f"losses {sorted(set(wanted) - known)} are not registered; running cDPO (label_smoothing=0.2) "
               "in their place", flush=True)
-        multirun(f"{name}_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={betas}"], FRONTIER)
+        multirun(f"{name}_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={betas}"])
 
 
 if __name__ == "__main__":

@@ -1,16 +1,16 @@
-"""Paper figure 2: Zephyr's epochs ablation (variant α: 1 epoch, β: 3 epochs + β's filters) in miniature.
+"""Paper figure 2: Zephyr's epochs ablation (variant α: 1 epoch, β: 3 epochs + β's filters) on SmolLM2.
 
-    flock /tmp/prefopt-heavy.lock python experiments/paper_frontier.py epochs   # the runs (~20 min here)
-    python paper_figures/fig2_epochs_ablation.py                               # this figure, seconds
+    python experiments/paper_frontier.py epochs            # the 2 runs (~3 and ~6 min on 2 cores)
+    python paper_figures/fig2_epochs_ablation.py           # this figure, seconds
 
 Reads only paper_figures/sweeps/epochs/ (config.yaml, metrics.jsonl, summary.json) and writes
 paper_figures/fig2_epochs_ablation.png, printing the numbers it plots.
 
-Scale, honestly: SmolLM2-135M-Instruct, DPO β=0.1, lr 1e-4, on 8 of the built-in sentiment pairs (4 per
-step): ``variant=zephyr_alpha`` trains 1 epoch (2 steps), ``variant=zephyr_beta`` 3 epochs (6 steps,
-with the zephyr_beta data filters, which keep every one of these pairs or say how many they drop in
-summary.json). The benchmark delta is the sentiment benchmark's (16 prompts, VADER), not MT-Bench:
-Zephyr's ablation is Mistral-7B on UltraFeedback judged by GPT-4, far beyond a CPU.
+Scale, honestly: SmolLM2-135M-Instruct, DPO β=0.1, lr 1e-5, 8 pairs per step, the size of the default run:
+``variant=zephyr_alpha`` trains 1 epoch over the 64 built-in sentiment pairs (8 steps),
+``variant=zephyr_beta`` 3 epochs (24 steps) over what the zephyr_beta data filters keep (summary.json
+counts the drops). The benchmark delta is the sentiment benchmark's (48 held-out prompts, VADER), not
+MT-Bench: Zephyr's ablation is Mistral-7B on UltraFeedback judged by GPT-4, far beyond a CPU.
 """
 
 from __future__ import annotations
@@ -21,6 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+import json  # noqa: E402
 
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -74,7 +76,9 @@ def main() -> None:
     axes[2].set_ylabel("VADER reward, policy − reference")
     axes[2].set_title("benchmark delta (95% paired-bootstrap CI)", fontsize=9)
     axes[2].grid(alpha=0.3)
-    fig.suptitle("Zephyr epochs ablation in miniature: SmolLM2-135M, DPO β=0.1, 8 sentiment pairs", fontsize=10)
+    pairs = [json.loads((Path(d) / "summary.json").read_text())["data"]["train_rows"] for d in ordered["run_dir"]]
+    fig.suptitle("Zephyr epochs ablation: SmolLM2-135M, DPO β=0.1, "
+                 + " / ".join(f"{v} {n} pairs" for v, n in zip(ordered["variant"], pairs, strict=True)), fontsize=10)
     fig.tight_layout()
     print(f"wrote {plots.save(fig, args.out)}")
 
