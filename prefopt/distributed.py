@@ -372,8 +372,8 @@ def dropped_cpu_processes(parent_cmdline: list[str] | None = None) -> int | None
         except OSError:
             return None
         parent_cmdline = [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-    head = " ".join(parent_cmdline[:3])
-    if "accelerate" not in head or "launch" not in " ".join(parent_cmdline[:4]):
+    launcher = " ".join(parent_cmdline[:4])  # python -m accelerate.commands.launch | accelerate launch
+    if "accelerate" not in launcher or "launch" not in launcher:
         return None
     if any(arg.startswith("--mpirun_hostfile") for arg in parent_cmdline):
         return None

@@ -36,9 +36,13 @@ def judge_server(tmp_path_factory):
         proc.wait(timeout=10)
 
 
-def served(base_url: str) -> int:
+def server_stats(base_url: str) -> dict:
     with urllib.request.urlopen(base_url.rsplit("/v1", 1)[0] + "/stats", timeout=10) as response:
-        return json.loads(response.read())["requests"]
+        return json.loads(response.read())
+
+
+def served(base_url: str) -> int:
+    return server_stats(base_url)["requests"]
 
 
 def grade(answer: str) -> list[dict]:
@@ -150,11 +154,6 @@ def test_reply_parsers_follow_fastchat():
     assert parse_verdict("tie [[C]]") == "C"
 
 
-def in_flight_peak(base_url: str) -> int:
-    with urllib.request.urlopen(base_url.rsplit("/v1", 1)[0] + "/stats", timeout=10) as response:
-        return json.loads(response.read())["max_in_flight"]
-
-
 def test_judge_many_overlaps_requests_and_keeps_their_order(judge_server, tmp_path, monkeypatch):
     """judge.concurrency=4: the server sees several requests in flight at once (PAUSE holds each 0.3 s), the
     client never has more than 4 open, and the verdicts come back in request order, each the grade of its
@@ -179,7 +178,7 @@ def test_judge_many_overlaps_requests_and_keeps_their_order(judge_server, tmp_pa
     answers = [("PAUSE " + "word " * n).strip() for n in range(8)]
     verdicts = judge.judge_many([(grade(a), parse_rating) for a in answers])
     assert [v.value for v in verdicts] == [1 + len(a.split()) % 10 for a in answers]
-    assert in_flight_peak(judge_server) >= 2 and 2 <= peak[0] <= 4
+    assert server_stats(judge_server)["max_in_flight"] >= 2 and 2 <= peak[0] <= 4
     assert judge.calls == 8
     sequential = make_judge(judge_server, tmp_path / "seq", monkeypatch)
     assert [v.value for v in sequential.judge_many([(grade(a), parse_rating) for a in answers])] == \
