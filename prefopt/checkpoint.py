@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from prefopt.errors import PrefoptError
 from prefopt.io import RunFileError, atomic_write_json, dumps
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ RESUME_MAY_DIFFER = ("resume", "run_dir", "trainer.progress_bar", "trainer.check
                      "logger", "trainer.log_every")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(PrefoptError, ValueError):
     """A resume request that cannot be honoured; the message names the directory and the reason."""
 
 

@@ -38,8 +38,10 @@ from typing import Any
 
 import torch
 
+from prefopt.errors import PrefoptError
 
-class DistributedConfigError(ValueError):
+
+class DistributedConfigError(PrefoptError, ValueError):
     pass
 
 

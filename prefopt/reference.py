@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 from filelock import FileLock
 
+from prefopt.errors import PrefoptError
 from prefopt.logps import SequenceScorer
 from prefopt.models import cache_root, load_model
 
@@ -46,7 +47,7 @@ KINDS = ("frozen", "none", "precomputed", "checkpoint", "adapter_off", "sync")
 REFLOGPS_FORMAT = "1"
 
 
-class ReferenceConfigError(ValueError):
+class ReferenceConfigError(PrefoptError, ValueError):
     pass
 
 

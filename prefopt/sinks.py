@@ -19,6 +19,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from prefopt.errors import PrefoptError
 from prefopt.io import JsonlWriter
 
 log = logging.getLogger(__name__)
@@ -81,7 +82,7 @@ def install_log_redaction() -> None:
             handler.addFilter(_RedactFilter())
 
 
-class SinkConfigError(ValueError):
+class SinkConfigError(PrefoptError, ValueError):
     pass
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from prefopt.errors import PrefoptError
+
 BENCHMARKS: dict[str, str] = {
     # name -> module; imported on use so that `benchmark=sentiment` never imports a judge.
     "sentiment": "prefopt.benchmarks.sentiment",
@@ -20,7 +22,7 @@ BENCHMARKS: dict[str, str] = {
 }
 
 
-class UnknownBenchmarkError(ValueError):
+class UnknownBenchmarkError(PrefoptError, ValueError):
     pass
 
 

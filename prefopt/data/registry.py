@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from prefopt.errors import PrefoptError
+
 log = logging.getLogger(__name__)
 
 LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet", ".jsonl.gz", ".json.gz")
@@ -36,11 +38,11 @@ BAD_ROW_POLICIES = ("error", "skip")
 LOGGED_SKIPS = 5
 
 
-class DataError(ValueError):
+class DataError(PrefoptError, ValueError):
     pass
 
 
-class UnknownDatasetError(KeyError):
+class UnknownDatasetError(PrefoptError, KeyError):
     def __str__(self) -> str:
         return str(self.args[0])
 

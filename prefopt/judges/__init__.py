@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from prefopt.errors import PrefoptError
 from prefopt.judges.base import Judge, JudgeError, Verdict
 from prefopt.judges.http import OpenAIJudge
 from prefopt.judges.local import LocalJudge
@@ -19,7 +20,7 @@ from prefopt.judges.local import LocalJudge
 __all__ = ["Judge", "JudgeError", "Verdict", "OpenAIJudge", "LocalJudge", "build_judge", "JudgeConfigError"]
 
 
-class JudgeConfigError(ValueError):
+class JudgeConfigError(PrefoptError, ValueError):
     pass
 
 

@@ -29,12 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from prefopt.errors import PrefoptError
 from prefopt.io import JsonlWriter, read_jsonl
 
 log = logging.getLogger(__name__)
 
 
-class JudgeError(RuntimeError):
+class JudgeError(PrefoptError, RuntimeError):
     """The judge cannot be reached or refuses the request (after retries); names the endpoint."""
 
 

@@ -14,6 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from prefopt.errors import PrefoptError
+
 DataKind = Literal["paired", "unpaired", "sft"]
 
 # Inputs beyond per-sequence log-probs that a loss can ask the trainer for (``needs=`` or ``hp.needs()``):
@@ -131,11 +133,11 @@ class LossSpec:
         return hp
 
 
-class LossConfigError(ValueError):
+class LossConfigError(PrefoptError, ValueError):
     pass
 
 
-class UnknownLossError(KeyError):
+class UnknownLossError(PrefoptError, KeyError):
     def __str__(self) -> str:  # KeyError's repr-quoting makes messages unreadable
         return str(self.args[0])
 
@@ -336,7 +338,7 @@ def call(spec: LossSpec, logps: Any, hp: Any, state: dict | None = None, *, trai
     return out
 
 
-class EmptyCompletionError(ValueError):
+class EmptyCompletionError(PrefoptError, ValueError):
     pass
 
 
