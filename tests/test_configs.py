@@ -54,7 +54,7 @@ def test_root_config_defaults():
 
 
 # dataset: each option reads its own local file (dataset.path), so the options cannot share one multirun's
-# overrides; tests/test_data_configs.py runs every dataset YAML with its own test-overrides instead.
+# overrides; tests/data/test_data_configs.py runs every dataset YAML with its own test-overrides instead.
 def option_batches(group: str) -> list[tuple[list[str], list[str]]]:
     """Options of a group batched by identical test-overrides, so each batch runs as one multirun."""
     batches: dict[tuple[str, ...], list[str]] = {}
@@ -70,8 +70,8 @@ TRAIN_CASES = [(g, options, extra) for g in GROUPS if g not in NOT_TRAINER_GROUP
 @pytest.mark.parametrize(("group", "options", "extra"), TRAIN_CASES,
                          ids=[f"{g}:{','.join(o)}" for g, o, _ in TRAIN_CASES])
 def test_every_yaml_trains_on_tiny(group, options, extra, tmp_path):
-    """Every option of every group trains a couple of steps on the tiny model (losses: tests/test_loss_cli.py,
-    datasets: tests/test_data_configs.py)."""
+    """Every option of every group trains a couple of steps on the tiny model (losses: tests/losses/test_loss_cli.py,
+    datasets: tests/data/test_data_configs.py)."""
     if any(str(SHARED_DATA) in o for o in extra) and not SHARED_DATA.is_dir():
         pytest.skip(f"{group}: {options} need {SHARED_DATA}, which is absent")
     # Later overrides win, so TINY comes after the options' own needs (an experiment may pick a model),

@@ -14,7 +14,7 @@ import pytest
 
 from prefopt.distributed import dropped_cpu_processes
 from tests.conftest import ROOT, TINY, read_metrics, read_summary
-from tests.test_distributed import MOVING, single, trajectory  # noqa: F401  (single is a fixture)
+from tests.trainer.test_distributed import MOVING, single, trajectory  # noqa: F401  (single is a fixture)
 
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--cpu"]
 

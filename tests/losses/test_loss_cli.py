@@ -78,7 +78,7 @@ def test_mpo_combination_with_wpo_and_ld_alpha(tmp_path):
 
 def test_kto_on_an_unpaired_file(tmp_path):
     """dataset=unpaired reads {prompt, completion, label} rows; KTO's KL term comes from mismatched pairs."""
-    run_cli(SMALL + ["loss=kto", "dataset=unpaired", "dataset.path=tests/data/unpaired_sample.jsonl"], tmp_path)
+    run_cli(SMALL + ["loss=kto", "dataset=unpaired", "dataset.path=tests/fixtures/unpaired_sample.jsonl"], tmp_path)
     train = [r for r in read_metrics(tmp_path) if r["split"] == "train"]
     assert [r["step"] for r in train] == [1, 2] and "kl" in train[-1]
     assert read_summary(tmp_path)["data"]["train_rows"] == 8

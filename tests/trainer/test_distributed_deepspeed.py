@@ -16,8 +16,8 @@ import pytest
 
 from prefopt import checkpoint
 from tests.conftest import ROOT, TINY, read_metrics, read_summary, run_cli
-from tests.test_distributed import MOVING, _free_port, trajectory
-from tests.test_resume import kill_and_resume, rank0_only
+from tests.trainer.test_distributed import MOVING, _free_port, trajectory
+from tests.trainer.test_resume import kill_and_resume, rank0_only
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from prefopt.data import DataError, filter_names, get_dataset
 from prefopt.data.filters import apply_filters, expand_filters
 from prefopt.data.registry import loading
 
-ROOT = Path(__file__).resolve().parent.parent
-RAW_SAMPLE = ROOT / "tests" / "data" / "ultrafeedback_raw_sample.jsonl"
+ROOT = Path(__file__).resolve().parents[2]
+RAW_SAMPLE = ROOT / "tests" / "fixtures" / "ultrafeedback_raw_sample.jsonl"
 
 
 def write_jsonl(path: Path, rows: list) -> str:
@@ -68,7 +68,7 @@ def test_ultrafeedback_binarized_reads_parquet_and_split_directories(tmp_path):
 
 
 def test_ultrafeedback_raw_binarizes_like_zephyr():
-    """Sample rows (tests/data/ultrafeedback_raw_sample.jsonl, fine-grained scores):
+    """Sample rows (tests/fixtures/ultrafeedback_raw_sample.jsonl, fine-grained scores):
     0: [8.5, 7.0, 2.0, 4.5] -> chosen 0, rejected one of 1-3;   1: [9, 9, 3, 5] -> chosen 0 (first top);
     2: all 7.0 (ties);   3: [8, 9.5, 1, 1] -> chosen 1;   4: [8, 1.5, 9, 1] -> chosen 2;
     5: [8, 8.5, 1, "N/A"] -> the unscored completion is left out, chosen 1."""

@@ -14,7 +14,7 @@ from prefopt.data.registry import DataError
 from prefopt.judges import LocalJudge
 from prefopt.judges.prompts import parse_rating
 from tests.conftest import compose
-from tests.test_judge_http import judge_server  # noqa: F401  (the fixture)
+from tests.judges.test_judge_http import judge_server  # noqa: F401  (the fixture)
 
 
 @pytest.fixture(scope="module")

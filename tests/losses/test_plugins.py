@@ -37,7 +37,7 @@ def test_missing_plugin_module_is_a_clear_error():
 def test_plugin_loss_composes_as_a_config_option():
     """With the module named, ``loss=margin_dpo`` composes from a generated option (no YAML exists):
     its defaults, ``beta`` following the top-level ``${beta}``, and a weight. Training it through the CLI,
-    in one sweep with built-in losses, is ``tests/test_loss_cli.py::test_dpo_ipo_simpo_kto_run_as_one_sweep``."""
+    in one sweep with built-in losses, is ``tests/losses/test_loss_cli.py::test_dpo_ipo_simpo_kto_run_as_one_sweep``."""
     from prefopt.config import register_configs
 
     register_configs([MODULE])

@@ -1,6 +1,6 @@
 """A fake OpenAI-compatible judge on 127.0.0.1 for the judge tests (never contacts anything else).
 
-    python tests/fake_judge_server.py PORT_FILE [API_KEY]
+    python tests/judges/fake_judge_server.py PORT_FILE [API_KEY]
 
 POST /v1/chat/completions grades what it is shown, deterministically:
 - a FastChat pairwise prompt ("[The Start of Assistant A's Answer]"): the longer answer wins ("[[A]]" or

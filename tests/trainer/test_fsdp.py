@@ -18,9 +18,9 @@ import yaml
 from prefopt import checkpoint
 from prefopt.distributed import DistributedConfigError, check_fsdp_config
 from tests.conftest import ROOT, TINY, compose, read_metrics, read_summary, run_cli
-from tests.test_distributed import MOVING, _free_port, trajectory
-from tests.test_distributed_deepspeed import single  # noqa: F401  the 1-process baseline, model saved
-from tests.test_resume import kill_and_resume, rank0_only
+from tests.trainer.test_distributed import MOVING, _free_port, trajectory
+from tests.trainer.test_distributed_deepspeed import single  # noqa: F401  the 1-process baseline, model saved
+from tests.trainer.test_resume import kill_and_resume, rank0_only
 
 ACCELERATE = ROOT / "conf" / "accelerate"
 

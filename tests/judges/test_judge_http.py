@@ -1,4 +1,4 @@
-"""The OpenAI-compatible judge against a real HTTP server process on 127.0.0.1 (tests/fake_judge_server.py):
+"""The OpenAI-compatible judge against a real HTTP server process on 127.0.0.1 (tests/judges/fake_judge_server.py):
 retries on 429/500, immediate failure on 401, timeouts, retry-then-count of malformed replies, and the
 on-disk cache that spares a rerun every request."""
 

@@ -32,7 +32,7 @@ from prefopt.logps import SequenceScorer  # noqa: E402
 from prefopt.models import load_model, load_tokenizer, resolve_model_path  # noqa: E402
 from prefopt.reference import Reference  # noqa: E402
 
-ASSETS = Path(__file__).resolve().parent.parent / "prefopt" / "assets" / "sentiment_pairs.jsonl"
+ASSETS = Path(__file__).resolve().parents[2] / "prefopt" / "assets" / "sentiment_pairs.jsonl"
 BETA, LR, N = 0.1, 1e-4, 4
 
 

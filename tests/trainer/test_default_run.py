@@ -1,6 +1,6 @@
 """The embedded default, exactly as the README's first command runs it, on the real SmolLM2-135M.
 
-    python -m pytest -m slow tests/test_default_run.py -s
+    python -m pytest -m slow tests/trainer/test_default_run.py -s
 
 Slow (minutes on 2 CPU cores), so it is deselected from the default suite and run by CI separately.
 It prints the wall time and benchmark figures; the 5-minute target is shown there, not asserted.

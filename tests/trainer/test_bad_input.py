@@ -1,6 +1,6 @@
 """Bad input: each case gives one clear message naming the file/row/key (or a counted skip where
 configured) and leaves no half-written run directory. (A resume directory from a different config is in
-tests/test_resume.py.)
+tests/trainer/test_resume.py.)
 
 Subprocess and whole-run cases are marked slow to keep the default suite short; CI runs them in its
 `pytest -m slow` step.
