@@ -1,9 +1,28 @@
-"""The typed schema of a training run, registered with Hydra's ConfigStore.
+"""The typed schema of a training run, registered with Hydra's ConfigStore, and where the configs live.
 
 ``conf/config.yaml`` starts from ``prefopt_schema``, so a typo (``bta=0.1``) or a wrong type
 (``epochs=three``) fails at compose time with the full key named. Each loss's hyperparameters are
 typed too: ``@register_loss``'s dataclass is stored as ``_loss_schema/<name>`` and every
 ``conf/loss/<name>.yaml`` builds on it.
+
+One source of defaults. The schema's defaults ARE the defaults: ``python -m prefopt.train`` with no
+overrides composes exactly the values below, wherever the schema gives one. ``conf/config.yaml`` and the
+default option of each group (the one its defaults list names: ``trainer: default``, ``optimizer: adamw``,
+``benchmark: sentiment``, ``loss: dpo`` against its loss dataclass, ...) may restate a schema value, so
+that the YAML reads on its own, but may never set a different one: to change a default, change it here
+(and in the YAML that restates it). The exceptions, by design:
+
+- a key the schema leaves ``???`` (``model.name_or_path``, ``dataset.name``) is the default option's choice;
+- ``dataset.*``: each dataset option describes its own data (lengths, filters, a row cap), and the
+  ``DatasetConfig`` values are what a dataset YAML that leaves a key out gets (a user's own dataset);
+- free-form dicts (``tags``, ``loss``, ``dataset.options``) have no schema values to disagree with.
+
+Non-default options (``optimizer=rmsprop``, ``experiment=...``) set what they change on purpose.
+``tests/test_config_defaults.py`` composes the default and every option and enforces this.
+
+``CONF_DIR`` is the one place that says where the config directory is: ``prefopt/conf`` inside an
+installed (non-editable) package, else the checkout's top-level ``conf/`` (a source checkout or an
+editable install). pyproject.toml ships ``conf/`` as the package ``prefopt.conf``.
 """
 
 from __future__ import annotations
@@ -20,7 +39,18 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
 log = logging.getLogger("prefopt.config")
-LOSS_CONF = Path(__file__).resolve().parent.parent / "conf" / "loss"
+
+
+def _conf_dir() -> Path:
+    here = Path(__file__).resolve().parent
+    packaged, checkout = here / "conf", here.parent / "conf"
+    # An installed wheel has prefopt/conf; a checkout (editable or not) has conf/ beside prefopt/.
+    return packaged if (packaged / "config.yaml").is_file() else checkout
+
+
+# Absolute path of the Hydra config directory (config.yaml and the groups); Hydra's config_path takes it.
+CONF_DIR: str = str(_conf_dir())
+LOSS_CONF = Path(CONF_DIR) / "loss"
 
 
 @dataclass
@@ -102,7 +132,8 @@ class ReferenceConfig:
 class OptimizerConfig:
     # adamw | rmsprop
     name: str = "adamw"
-    lr: float = 5e-6
+    # 1e-5 moves SmolLM2-135M on 64 pairs in 3 epochs; Zephyr-7B used 5e-7 (experiment=zephyr_ddpo).
+    lr: float = 1e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
@@ -117,12 +148,13 @@ class OptimizerConfig:
 class TrainerConfig:
     # Pairs (or rows) per device per micro-step.
     batch_size: int = 4
-    grad_accum: int = 1
+    # Micro-steps per optimizer step: the global batch is batch_size * grad_accum * processes.
+    grad_accum: int = 2
     # -1 = run all epochs; otherwise stop after this many optimizer steps.
     max_steps: int = -1
     # Evaluate on held-out pairs every N optimizer steps (0 = only at the end).
     eval_every: int = 0
-    eval_batch_size: int = 8
+    eval_batch_size: int = 12
     log_every: int = 1
     save_model: bool = True
     progress_bar: bool = True
@@ -170,7 +202,7 @@ class JudgeConfig:
 class BenchmarkConfig:
     # Generation benchmark run at the end of training (and by prefopt.evaluate):
     # none | sentiment | mt_bench | alpaca_eval (see prefopt/benchmarks).
-    name: str = "none"
+    name: str = "sentiment"
     # sentiment: builtin (the packaged held-out prompts), imdb (hub stanfordnlp/imdb, test split, as in the
     # DPO paper), or a JSON/JSONL/Parquet path or hub id (its test split) with a prompt column, or with a
     # text column (IMDb reviews: the first prefix_words words become the prompt).
@@ -210,7 +242,8 @@ class LoggerConfig:
 class PrefoptConfig:
     # The loss strength β, shared by every loss config through ${beta}.
     beta: float = 0.1
-    epochs: int = 1
+    # Passes over the training pairs.
+    epochs: int = 3
     seed: int = 42
     model: ModelConfig = field(default_factory=ModelConfig)
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
