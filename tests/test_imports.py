@@ -248,11 +248,30 @@ def test_no_module_imports_an_entry_point(graph):
 
 
 def test_analysis_does_not_import_the_trainer(graph):
-    _, edges = graph
-    bad = [e for e in edges if _within(e.source, "analysis")
-           and any(_within(e.target, forbidden) for forbidden in ANALYSIS_MAY_NOT_IMPORT)]
+    """Directly or through any chain of imports (importing ``a.b`` runs ``a/__init__`` too)."""
+    modules, edges = graph
+    adjacency: dict[str, set[str]] = {}
+    for e in edges:
+        targets = {e.target} | {e.target.rsplit(".", n)[0] for n in range(1, e.target.count(".") + 1)}
+        adjacency.setdefault(e.source, set()).update(targets)
+    bad = []
+    for start in sorted(m for m in modules if _within(m, "analysis")):
+        previous: dict[str, str | None] = {start: None}
+        frontier = [start]
+        while frontier:
+            node = frontier.pop(0)
+            if any(_within(node, forbidden) for forbidden in ANALYSIS_MAY_NOT_IMPORT):
+                chain = [node]
+                while previous[chain[-1]] is not None:
+                    chain.append(previous[chain[-1]])
+                bad.append(" -> ".join(reversed(chain)))
+                continue
+            for child in sorted(t for t in adjacency.get(node, set()) if t in modules or _within(t, "prefopt")):
+                if child not in previous:
+                    previous[child] = node
+                    frontier.append(child)
     assert not bad, ("analysis/ reads run files; it may not import " + ", ".join(ANALYSIS_MAY_NOT_IMPORT)
-                     + ":\n  " + "\n  ".join(map(str, bad)))
+                     + ", directly or through another module:\n  " + "\n  ".join(bad))
 
 
 # The checker itself, on synthetic input, so a broken checker cannot pass silently.
