@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.losses.common import unpaired_metrics
+from prefopt.losses.common import check_beta, unpaired_metrics
 from prefopt.losses.registry import LossOutput, UnpairedLogps, register_loss
 
 
@@ -17,8 +17,7 @@ class APOZeroUnpairedHparams:
     undesirable_weight: float = 1.0
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta: must be > 0, got {self.beta}")
+        check_beta(self.beta)
 
 
 @register_loss(

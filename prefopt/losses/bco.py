@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.common import global_sum_count, unpaired_metrics
+from prefopt.losses.common import check_beta, global_sum_count, unpaired_metrics
 from prefopt.losses.registry import LossOutput, UnpairedLogps, register_loss
 
 
@@ -18,8 +18,7 @@ class BCOHparams:
     undesirable_weight: float = 1.0
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta: must be > 0, got {self.beta}")
+        check_beta(self.beta)
 
 
 def update_baseline(state: dict, rewards: torch.Tensor, weights: torch.Tensor | None = None) -> None:

@@ -39,8 +39,7 @@ class RefPairOptions:
     wpo: bool = False
 
     def validate(self) -> None:
-        if getattr(self, "beta", 1.0) <= 0:
-            raise ValueError(f"beta: must be > 0, got {self.beta}")
+        check_beta(self.beta)
         if not 0.0 <= self.ld_alpha <= 1.0:
             raise ValueError(f"ld_alpha: must be in [0, 1], got {self.ld_alpha}")
 
@@ -66,6 +65,12 @@ class FDivergenceOptions(RefPairOptions):
         super().validate()
         if self.f_divergence not in F_DIVERGENCES:
             raise ValueError(f"f_divergence: must be one of {', '.join(F_DIVERGENCES)}, got {self.f_divergence!r}")
+
+
+def check_beta(beta: float) -> None:
+    """β > 0, the one check every loss with a β shares (its value is the scale of the implicit reward)."""
+    if beta <= 0:
+        raise ValueError(f"beta: must be > 0, got {beta}")
 
 
 def check_nll_average(value: str) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.losses.common import global_sum_count, unpaired_metrics
+from prefopt.losses.common import check_beta, global_sum_count, unpaired_metrics
 from prefopt.losses.registry import LossOutput, UnpairedLogps, register_loss
 
 
@@ -19,8 +19,7 @@ class KTOHparams:
     undesirable_weight: float = 1.0
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta: must be > 0, got {self.beta}")
+        check_beta(self.beta)
         if self.desirable_weight < 0 or self.undesirable_weight < 0:
             raise ValueError("desirable_weight/undesirable_weight: must be >= 0")
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.common import check_nll_average, nll, require_lengths, reward_metrics
+from prefopt.losses.common import check_beta, check_nll_average, nll, require_lengths, reward_metrics
 from prefopt.losses.registry import LossOutput, PairLogps, register_loss
 
 # Per-token mean log-probs are clamped just below 0 so log(1 - p) stays finite when a completion is
@@ -23,8 +23,7 @@ class ORPOHparams:
     nll_average: str = "batch_tokens"
 
     def validate(self) -> None:
-        if self.beta <= 0:
-            raise ValueError(f"beta: must be > 0, got {self.beta}")
+        check_beta(self.beta)
         check_nll_average(self.nll_average)
 
 
