@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.common import check_beta, require_lengths, reward_metrics
+from prefopt.losses.common import check_beta, check_label_smoothing, require_lengths, reward_metrics
 from prefopt.losses.registry import LossOutput, PairLogps, register_loss
 
 
@@ -22,8 +22,7 @@ class AlphaPOHparams:
 
     def validate(self) -> None:
         check_beta(self.beta)
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
+        check_label_smoothing(self.label_smoothing)
 
 
 def alpha_reward(avg_logps: torch.Tensor, alpha: float) -> torch.Tensor:

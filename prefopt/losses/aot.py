@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.common import RefPairOptions, prepare, reward_metrics
+from prefopt.losses.common import RefPairOptions, check_label_smoothing, prepare, reward_metrics
 from prefopt.losses.registry import LossOutput, PairLogps, register_loss
 
 
@@ -21,8 +21,7 @@ class AOTHparams(RefPairOptions):
         super().validate()
         if self.wpo:
             raise ValueError("wpo: not supported for aot, which sorts the batch and so breaks per-pair weights")
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
+        check_label_smoothing(self.label_smoothing)
 
 
 def sorted_logistic(delta: torch.Tensor, hp) -> torch.Tensor:

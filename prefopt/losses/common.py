@@ -73,6 +73,12 @@ def check_beta(beta: float) -> None:
         raise ValueError(f"beta: must be > 0, got {beta}")
 
 
+def check_label_smoothing(value: float) -> None:
+    """The assumed label-flip rate ε of the conservative/robust variants, in [0, 0.5) (0 = off)."""
+    if not 0.0 <= value < 0.5:
+        raise ValueError(f"label_smoothing: must be in [0, 0.5), got {value}")
+
+
 def check_nll_average(value: str) -> None:
     if value not in NLL_AVERAGES:
         raise ValueError(f"nll_average: must be one of {', '.join(NLL_AVERAGES)}, got {value!r}")

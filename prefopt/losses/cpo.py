@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefopt.losses.common import check_beta, check_nll_average, nll, require_lengths, reward_metrics
+from prefopt.losses.common import (
+    check_beta,
+    check_label_smoothing,
+    check_nll_average,
+    nll,
+    require_lengths,
+    reward_metrics,
+)
 from prefopt.losses.registry import LossOutput, PairLogps, register_loss
 
 
@@ -22,8 +29,7 @@ class CPOHparams:
 
     def validate(self) -> None:
         check_beta(self.beta)
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
+        check_label_smoothing(self.label_smoothing)
         check_nll_average(self.nll_average)
 
 

@@ -6,7 +6,14 @@ from dataclasses import dataclass
 
 import torch.nn.functional as F
 
-from prefopt.losses.common import FDivergenceOptions, finish, prepare, reward_metrics, scores
+from prefopt.losses.common import (
+    FDivergenceOptions,
+    check_label_smoothing,
+    finish,
+    prepare,
+    reward_metrics,
+    scores,
+)
 from prefopt.losses.registry import LossOutput, PairLogps, register_loss
 
 
@@ -18,8 +25,7 @@ class DPOHparams(FDivergenceOptions):
 
     def validate(self) -> None:
         super().validate()
-        if not 0.0 <= self.label_smoothing < 0.5:
-            raise ValueError(f"label_smoothing: must be in [0, 0.5), got {self.label_smoothing}")
+        check_label_smoothing(self.label_smoothing)
 
 
 @register_loss(
