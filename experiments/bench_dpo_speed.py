@@ -128,11 +128,12 @@ def dataset_rows(args) -> list[dict]:
 
 
 def child_prefopt(args, reference: str, plain: bool) -> dict:
-    from prefopt import train
+    from prefopt.trainer import setup as trainer_setup
+    from prefopt.trainer.loop import run
     from tests.conftest import compose
 
     counter = FlopCounter()
-    original_load = train.load_model
+    original_load = trainer_setup.load_model
     per_row = {}
 
     def load_and_count(*a, **kw):
@@ -140,13 +141,13 @@ def child_prefopt(args, reference: str, plain: bool) -> dict:
         per_row["head"] = counter.attach(model, count_head=True)
         return model
 
-    train.load_model = load_and_count
+    trainer_setup.load_model = load_and_count  # the policy the set-up loads
     overrides = overrides_for(args, reference)
     if plain:
         overrides += ["trainer.share_prompt=false", "trainer.group_by_length=false"]
     run_dir = Path(tempfile.mkdtemp(prefix="bench-prefopt-"))
     counter.active = True  # only grad-enabled train-mode forwards count: not precompute, not eval
-    summary = train.run(compose(overrides), run_dir)
+    summary = run(compose(overrides), run_dir)
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in records if r.get("split") == "train"]
     passes = 3 + (0 if reference == "precomputed" else 1)  # fwd+bwd, plus a reference forward per step

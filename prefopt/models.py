@@ -220,3 +220,21 @@ def package_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             continue
     return versions
+
+
+def save_model_atomically(model, tokenizer, path: Path) -> None:
+    """``save_pretrained`` of model and tokenizer into a temp directory beside ``path``, then one rename: a
+    crash leaves the previous model or none, never half of one."""
+    from prefopt.io import RunFileError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".model."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except OSError as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RunFileError(err.errno, f"cannot save the model to {path}: {err.strerror or err}") from err

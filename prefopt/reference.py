@@ -1,6 +1,9 @@
 """Reference-model options (``reference=<kind>``).
 
 A reference answers one question for the trainer: the reference log-probs of a batch's completions.
+Each kind is a subclass of ``Reference``, registered by ``@register_reference``, that declares as class
+attributes what it is able to do and what it needs. The trainer, the benchmark runner, the checkpoint and the
+distributed code ask those questions; none of them tests a kind's name (only this module knows the names).
 
 - ``frozen``: a frozen copy of the initial policy (the DPO default).
 - ``checkpoint``: a different model (``reference.name_or_path``) as the reference.
@@ -31,18 +34,19 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
 
 from prefopt.errors import PrefoptError
-from prefopt.logps import SequenceScorer
 from prefopt.models import cache_root, load_model
+from prefopt.scoring.logps import SequenceScorer
 
 log = logging.getLogger(__name__)
 
-KINDS = ("frozen", "none", "precomputed", "checkpoint", "adapter_off", "sync")
 # Bump when the cached file's layout or the scoring changes, so stale caches are never read.
 REFLOGPS_FORMAT = "1"
 
@@ -51,23 +55,149 @@ class ReferenceConfigError(PrefoptError, ValueError):
     pass
 
 
-class Reference:
-    """A model scored in eval mode under no_grad: ``frozen`` and ``checkpoint``."""
+@dataclass
+class BuildContext:
+    """What a reference kind may need to build itself; the trainer fills it once."""
 
-    kind = "frozen"
-    # The autocast the policy's forward runs under (accelerate wraps it when mixed_precision is bf16/fp16);
-    # the trainer sets it so that the reference computes at the same precision. Otherwise a float32
-    # reference against a bf16-autocast policy biases every implicit reward from step 0 (log 2 is not the
-    # first DPO loss).
+    policy: Any  # the policy as it will be trained (LoRA-wrapped where the kind wrapped it)
+    model_cfg: Any
+    device: Any
+    share_prompt: bool = False
+    # needs_dataset_pass kinds only: every collated train and eval batch, built on demand.
+    batches: Any = None
+    truncation: dict | None = None
+    # The autocast the policy's forward runs under (accelerate's, for bf16/fp16 mixed precision) and its
+    # name; the dtype FSDP casts the policy's parameters to (None: not cast). The reference computes as the
+    # policy does, or every implicit reward is biased from step 0 (log 2 is not the first DPO loss).
+    precision: Any = contextlib.nullcontext
+    precision_name: str = "no"
+    param_dtype: torch.dtype | None = None
+
+
+class Reference:
+    """The base of every reference kind. Subclasses override the capabilities they have."""
+
+    kind = ""
+    # Its model is the one the benchmarks compare the policy against (the initial policy, or the reference
+    # checkpoint) and training never changes it: the end-of-run benchmark reuses it instead of reloading.
+    holds_frozen_model = False
+    # It must score the dataset once before training (the trainer collates every batch for it).
+    needs_dataset_pass = False
+    # Its weights change during training: checkpoints save them, and a sharded policy cannot feed them.
+    moves_with_policy = False
+    # It wraps the policy itself (LoRA adapters); FSDP cannot shard such a policy.
+    wraps_policy = False
+    # It holds a model that ZeRO-3 may partition for inference like the policy.
+    shardable = False
+    # It can give per-token log-probs (LD-DPO), and score any sequence, not only the dataset's (KTO's
+    # mismatched pairs); ``limitation`` says why not in an error message.
+    token_logps = True
+    scores_any_sequence = True
+    limitation = ""
+
+    model = None
     precision = contextlib.nullcontext
 
-    def __init__(self, model, share_prompt: bool = False, kind: str = "frozen"):
-        self.kind = kind
+    def __init__(self) -> None:
+        self.seconds = 0.0  # time spent in reference passes, reported in summary.json
+
+    def logps(self, batch, return_tokens: bool = False):
+        """``(logps, lengths)`` of the batch's completions, ``(rows,)`` each (plus per-token log-probs and
+        their rows with ``return_tokens``), or None for reference-free training."""
+        raise NotImplementedError
+
+    def after_step(self, step: int, policy) -> None:
+        """Called after every optimizer step; references that move with the policy override this."""
+
+    def info(self) -> dict:
+        return {"kind": self.kind}
+
+    @classmethod
+    def check_config(cls, rcfg) -> None:
+        """Range checks of this kind's keys, before anything is loaded."""
+
+    @classmethod
+    def prepare_policy(cls, rcfg, policy):
+        """The policy to train under this kind (only ``wraps_policy`` kinds change it)."""
+        return policy
+
+    @classmethod
+    def initial_model_path(cls, rcfg, mcfg) -> str:
+        """The model a benchmark compares the trained policy against: the model the run started from."""
+        return mcfg.name_or_path
+
+    @classmethod
+    def build(cls, rcfg, ctx: BuildContext) -> Reference:
+        raise NotImplementedError
+
+
+_KINDS: dict[str, type[Reference]] = {}
+
+
+def register_reference(kind: str):
+    """Register a ``Reference`` subclass as ``reference=<kind>`` (the same shape as ``@register_loss``)."""
+
+    def decorate(cls: type[Reference]) -> type[Reference]:
+        if kind in _KINDS:
+            raise ValueError(f"reference kind {kind!r} is already registered")
+        cls.kind = kind
+        _KINDS[kind] = cls
+        return cls
+
+    return decorate
+
+
+def kinds() -> list[str]:
+    return list(_KINDS)
+
+
+def kind_class(kind: str) -> type[Reference]:
+    """The registered class of ``reference.kind``."""
+    cls = _KINDS.get(kind)
+    if cls is None:
+        raise ReferenceConfigError(f"reference.kind={kind!r} is not one of {', '.join(_KINDS)}")
+    return cls
+
+
+def reference_class(rcfg, needs_reference: bool, loss_names: list[str] = ()) -> type[Reference]:
+    """The class of ``reference.kind`` for losses that do or do not need a reference. Reference-free losses
+    never pay for a second model, whatever the config says."""
+    cls = kind_class(rcfg.kind)
+    if cls is NoReference and needs_reference:
+        raise ReferenceConfigError(
+            f"reference=none, but loss {', '.join(loss_names)} needs a reference model; "
+            "use reference=frozen or a reference-free loss (e.g. loss=simpo)"
+        )
+    if not needs_reference:
+        return NoReference
+    cls.check_config(rcfg)
+    return cls
+
+
+@register_reference("none")
+class NoReference(Reference):
+    token_logps = scores_any_sequence = False
+    limitation = "gives no log-probs"
+
+    def logps(self, batch, return_tokens: bool = False):
+        return None
+
+    @classmethod
+    def build(cls, rcfg, ctx: BuildContext) -> Reference:
+        return cls()
+
+
+class ModelReference(Reference):
+    """A reference that holds a model and scores batches with it in eval mode under no_grad."""
+
+    shardable = True
+
+    def __init__(self, model, share_prompt: bool = False):
+        super().__init__()
         model.eval()
         model.requires_grad_(False)
         self.model = model
         self.scorer = SequenceScorer(model, share_prompt=share_prompt)
-        self.seconds = 0.0  # time spent in reference passes, reported in summary.json
 
     @torch.no_grad()
     def logps(self, batch, return_tokens: bool = False):
@@ -78,36 +208,57 @@ class Reference:
         self.seconds += time.perf_counter() - start
         return out
 
-    def after_step(self, step: int, policy) -> None:
-        """Called after every optimizer step; references that move with the policy override this."""
 
-    def info(self) -> dict:
-        return {"kind": self.kind}
+@register_reference("frozen")
+class FrozenReference(ModelReference):
+    holds_frozen_model = True
 
-
-class NoReference:
-    kind = "none"
-    model = None
-    seconds = 0.0
-
-    def logps(self, batch, return_tokens: bool = False):
-        return None
-
-    def after_step(self, step: int, policy) -> None:
-        pass
-
-    def info(self) -> dict:
-        return {"kind": self.kind}
+    @classmethod
+    def build(cls, rcfg, ctx: BuildContext) -> Reference:
+        return cls(copy.deepcopy(ctx.policy).to(ctx.device), ctx.share_prompt)
 
 
-class SyncReference(Reference):
+@register_reference("checkpoint")
+class CheckpointReference(ModelReference):
+    holds_frozen_model = True
+
+    @classmethod
+    def check_config(cls, rcfg) -> None:
+        if not rcfg.name_or_path:
+            raise ReferenceConfigError("reference=checkpoint needs reference.name_or_path")
+
+    @classmethod
+    def initial_model_path(cls, rcfg, mcfg) -> str:
+        return rcfg.name_or_path or mcfg.name_or_path
+
+    @classmethod
+    def build(cls, rcfg, ctx: BuildContext) -> Reference:
+        mcfg = ctx.model_cfg
+        return cls(load_model(rcfg.name_or_path, mcfg.dtype, mcfg.trust_remote_code).to(ctx.device), ctx.share_prompt)
+
+
+@register_reference("sync")
+class SyncReference(ModelReference):
     """TR-DPO: θ_ref ← α·θ + (1 − α)·θ_ref every ``sync_steps`` optimizer steps."""
 
+    moves_with_policy = True
+
     def __init__(self, model, alpha: float, every: int, share_prompt: bool = False):
-        super().__init__(model, share_prompt, kind="sync")
+        super().__init__(model, share_prompt)
         self.alpha = alpha
         self.every = every
         self.synced_at: list[int] = []
+
+    @classmethod
+    def check_config(cls, rcfg) -> None:
+        if not 0.0 < rcfg.sync_alpha <= 1.0:
+            raise ReferenceConfigError(f"reference.sync_alpha={rcfg.sync_alpha}: must be in (0, 1]")
+        if rcfg.sync_steps < 1:
+            raise ReferenceConfigError(f"reference.sync_steps={rcfg.sync_steps}: must be >= 1")
+
+    @classmethod
+    def build(cls, rcfg, ctx: BuildContext) -> Reference:
+        return cls(copy.deepcopy(ctx.policy).to(ctx.device), rcfg.sync_alpha, rcfg.sync_steps, ctx.share_prompt)
 
     @torch.no_grad()
     def after_step(self, step: int, policy) -> None:
@@ -127,17 +278,35 @@ class SyncReference(Reference):
         return {"kind": self.kind, "sync_alpha": self.alpha, "sync_steps": self.every, "synced_at": self.synced_at}
 
 
-class AdapterOffReference:
+@register_reference("adapter_off")
+class AdapterOffReference(Reference):
     """The LoRA policy with its adapters disabled: the base model, with no second copy of its weights."""
 
-    kind = "adapter_off"
-    model = None  # no separate model: the end-of-run benchmark reloads the base from its path
-    precision = contextlib.nullcontext  # as Reference.precision
+    wraps_policy = True
 
     def __init__(self, peft_policy, share_prompt: bool = False):
+        super().__init__()
         self.policy = peft_policy
         self.scorer = SequenceScorer(peft_policy, share_prompt=share_prompt)
-        self.seconds = 0.0
+
+    @classmethod
+    def prepare_policy(cls, rcfg, policy):
+        """Only the adapters train."""
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = rcfg.lora
+        config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
+                            target_modules=list(lcfg.target_modules), task_type="CAUSAL_LM")
+        try:
+            return get_peft_model(policy, config)
+        except ValueError as err:
+            raise ReferenceConfigError(f"reference.lora.target_modules={list(lcfg.target_modules)}: {err}") from err
+
+    @classmethod
+    def build(cls, rcfg, ctx: BuildContext) -> Reference:
+        if not hasattr(ctx.policy, "disable_adapter"):
+            raise ReferenceConfigError("reference=adapter_off needs the LoRA policy from prepare_policy()")
+        return cls(ctx.policy, ctx.share_prompt)
 
     @torch.no_grad()
     def logps(self, batch, return_tokens: bool = False):
@@ -153,12 +322,6 @@ class AdapterOffReference:
             self.policy.train(was_training)
         self.seconds += time.perf_counter() - start
         return out
-
-    def after_step(self, step: int, policy) -> None:
-        pass
-
-    def info(self) -> dict:
-        return {"kind": self.kind}
 
 
 def sequence_keys(batch) -> list[bytes]:
@@ -192,19 +355,52 @@ def weights_digest(model) -> str:
     return digest.hexdigest()
 
 
-class PrecomputedReference:
+@register_reference("precomputed")
+class PrecomputedReference(Reference):
     """Reference log-probs looked up by sequence; see the module docstring."""
 
-    kind = "precomputed"
-    model = None
+    needs_dataset_pass = True
+    token_logps = scores_any_sequence = False
+    limitation = "stores per-sequence log-probs of the dataset only"
 
     def __init__(self, table: dict[bytes, float], key: str, path: Path, cache: str, compute_seconds: float):
+        super().__init__()
         self.table = table
         self.key = key
         self.path = path
         self.cache = cache
         self.compute_seconds = compute_seconds
-        self.seconds = 0.0
+
+    @classmethod
+    def initial_model_path(cls, rcfg, mcfg) -> str:
+        # It may name a separate reference model.
+        return rcfg.name_or_path or mcfg.name_or_path
+
+    @classmethod
+    def build(cls, rcfg, ctx: BuildContext) -> Reference:
+        if ctx.batches is None:
+            raise ReferenceConfigError("reference=precomputed needs the run's batches to score")
+        mcfg = ctx.model_cfg
+        if rcfg.name_or_path:
+            holder = {"model": load_model(rcfg.name_or_path, mcfg.dtype, mcfg.trust_remote_code).to(ctx.device)}
+        else:
+            holder = {"model": ctx.policy}  # the initial policy is the reference: scored before training starts
+
+        def free_model() -> None:
+            holder.pop("model", None)
+            gc.collect()
+
+        if ctx.param_dtype is not None:
+            # Scored by a cast copy: the policy itself must keep its float32 master weights.
+            holder["model"] = _cast_parameters(copy.deepcopy(holder["model"]), ctx.param_dtype)
+        # The cache key keeps the dtype string it always had when there is no mixed precision.
+        dtype = str(mcfg.dtype) if ctx.precision_name == "no" else f"{mcfg.dtype}+autocast:{ctx.precision_name}"
+        if ctx.param_dtype is not None:
+            dtype += f"+params:{ctx.param_dtype}"
+        batches = ctx.batches() if callable(ctx.batches) else ctx.batches
+        with ctx.precision():
+            return build_precomputed(holder["model"], batches, ctx.truncation or {}, ctx.device, ctx.share_prompt,
+                                     dtype, free_model, rcfg.cache_dir)
 
     def logps(self, batch, return_tokens: bool = False):
         if return_tokens:
@@ -225,9 +421,6 @@ class PrecomputedReference:
         out = torch.tensor(values, dtype=torch.float32, device=device), batch["completion_mask"][:, 1:].sum(-1)
         self.seconds += time.perf_counter() - start
         return out
-
-    def after_step(self, step: int, policy) -> None:
-        pass
 
     def info(self) -> dict:
         return {"kind": self.kind, "cache": self.cache, "key": self.key, "path": str(self.path),
@@ -299,45 +492,6 @@ def _score_all(model, batches: list[dict], device, share_prompt: bool) -> dict[b
     return table
 
 
-def wrap_lora(policy, rcfg):
-    """The LoRA policy for ``reference=adapter_off``: only the adapters train."""
-    from peft import LoraConfig, get_peft_model
-
-    lcfg = rcfg.lora
-    config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
-                        target_modules=list(lcfg.target_modules), task_type="CAUSAL_LM")
-    try:
-        return get_peft_model(policy, config)
-    except ValueError as err:
-        raise ReferenceConfigError(f"reference.lora.target_modules={list(lcfg.target_modules)}: {err}") from err
-
-
-def prepare_policy(rcfg, policy, needs_reference: bool):
-    """The policy to train under this reference option (LoRA-wrapped for ``adapter_off``)."""
-    if rcfg.kind == "adapter_off" and needs_reference:
-        return wrap_lora(policy, rcfg)
-    return policy
-
-
-def build_reference(rcfg, mcfg, policy, needs_reference: bool, loss_names: list[str], device,
-                    batches: list[dict] | None = None, truncation: dict | None = None,
-                    share_prompt: bool = False, precision=None, precision_name: str = "no",
-                    param_dtype: torch.dtype | None = None):
-    """``batches``: every collated train and eval batch (needed by ``precomputed`` only).
-
-    The reference computes as the policy does: ``precision`` is the policy's autocast context
-    (``accelerator.autocast``), named ``precision_name`` (accelerate's mixed_precision); ``param_dtype`` the
-    dtype FSDP's mixed precision casts the policy's parameters to for its forward (None: not cast), to which
-    the reference's weights are cast as well. Precomputed scores are cached per precision."""
-    reference = _build_reference(rcfg, mcfg, policy, needs_reference, loss_names, device, batches, truncation,
-                                 share_prompt, precision or contextlib.nullcontext, precision_name, param_dtype)
-    if reference.kind not in ("precomputed", "none", "adapter_off") and param_dtype is not None:
-        _cast_parameters(reference.model, param_dtype)
-    if precision is not None and reference.kind not in ("precomputed", "none"):
-        reference.precision = precision
-    return reference
-
-
 def _cast_parameters(model, dtype: torch.dtype):
     """Parameters only, as FSDP's MixedPrecisionPolicy does: buffers such as RoPE's inv_freq keep their dtype
     (``model.to(dtype)`` would cast them too, and the rotary angles would differ from the policy's)."""
@@ -346,57 +500,29 @@ def _cast_parameters(model, dtype: torch.dtype):
     return model
 
 
-def _build_reference(rcfg, mcfg, policy, needs_reference, loss_names, device, batches, truncation, share_prompt,
-                     precision, precision_name, param_dtype):
-    kind = rcfg.kind
-    if kind not in KINDS:
-        raise ReferenceConfigError(f"reference.kind={kind!r} is not one of {', '.join(KINDS)}")
-    if kind == "none":
-        if needs_reference:
-            raise ReferenceConfigError(
-                f"reference=none, but loss {', '.join(loss_names)} needs a reference model; "
-                "use reference=frozen or a reference-free loss (e.g. loss=simpo)"
-            )
-        return NoReference()
-    if not needs_reference:
-        # Reference-free losses never pay for a second model, whatever the default says.
-        return NoReference()
-    if kind == "frozen":
-        return Reference(copy.deepcopy(policy).to(device), share_prompt)
-    if kind == "checkpoint":
-        if not rcfg.name_or_path:
-            raise ReferenceConfigError("reference=checkpoint needs reference.name_or_path")
-        model = load_model(rcfg.name_or_path, mcfg.dtype, mcfg.trust_remote_code).to(device)
-        return Reference(model, share_prompt, kind="checkpoint")
-    if kind == "sync":
-        if not 0.0 < rcfg.sync_alpha <= 1.0:
-            raise ReferenceConfigError(f"reference.sync_alpha={rcfg.sync_alpha}: must be in (0, 1]")
-        if rcfg.sync_steps < 1:
-            raise ReferenceConfigError(f"reference.sync_steps={rcfg.sync_steps}: must be >= 1")
-        return SyncReference(copy.deepcopy(policy).to(device), rcfg.sync_alpha, rcfg.sync_steps, share_prompt)
-    if kind == "adapter_off":
-        if not hasattr(policy, "disable_adapter"):
-            raise ReferenceConfigError("reference=adapter_off needs the LoRA policy from prepare_policy()")
-        return AdapterOffReference(policy, share_prompt)
-    # precomputed
-    if batches is None:
-        raise ReferenceConfigError("reference=precomputed needs the run's batches to score")
-    if rcfg.name_or_path:
-        holder = {"model": load_model(rcfg.name_or_path, mcfg.dtype, mcfg.trust_remote_code).to(device)}
-    else:
-        holder = {"model": policy}  # the initial policy is the reference: scored before training starts
+def prepare_policy(rcfg, policy, needs_reference: bool):
+    """The policy to train under this reference option (LoRA-wrapped for ``adapter_off``)."""
+    return reference_class(rcfg, needs_reference).prepare_policy(rcfg, policy)
 
-    def free_model() -> None:
-        holder.pop("model", None)
-        gc.collect()
 
-    if param_dtype is not None:
-        # Scored by a cast copy: the policy itself must keep its float32 master weights.
-        holder["model"] = _cast_parameters(copy.deepcopy(holder["model"]), param_dtype)
-    # The cache key keeps the dtype string it always had when there is no mixed precision.
-    dtype = str(mcfg.dtype) if precision_name == "no" else f"{mcfg.dtype}+autocast:{precision_name}"
-    if param_dtype is not None:
-        dtype += f"+params:{param_dtype}"
-    with precision():
-        return build_precomputed(holder["model"], batches, truncation or {}, device, share_prompt,
-                                 dtype, free_model, rcfg.cache_dir)
+def build_reference(rcfg, mcfg, policy, needs_reference: bool, loss_names: list[str], device,
+                    batches: list[dict] | None = None, truncation: dict | None = None,
+                    share_prompt: bool = False, precision=None, precision_name: str = "no",
+                    param_dtype: torch.dtype | None = None) -> Reference:
+    """The run's reference. ``batches``: every collated train and eval batch, or a function returning them
+    (read by ``needs_dataset_pass`` kinds only).
+
+    The reference computes as the policy does: ``precision`` is the policy's autocast context
+    (``accelerator.autocast``), named ``precision_name`` (accelerate's mixed_precision); ``param_dtype`` the
+    dtype FSDP's mixed precision casts the policy's parameters to for its forward (None: not cast), to which
+    a held reference model is cast as well. Precomputed scores are cached per precision."""
+    cls = reference_class(rcfg, needs_reference, loss_names)
+    ctx = BuildContext(policy=policy, model_cfg=mcfg, device=device, share_prompt=share_prompt, batches=batches,
+                       truncation=truncation, precision=precision or contextlib.nullcontext,
+                       precision_name=precision_name, param_dtype=param_dtype)
+    reference = cls.build(rcfg, ctx)
+    if reference.model is not None and param_dtype is not None:
+        _cast_parameters(reference.model, param_dtype)
+    if precision is not None:
+        reference.precision = precision
+    return reference

@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from prefopt import checkpoint
+from prefopt.trainer import checkpoint
 from tests.conftest import CONF, ROOT, compose
 
 SOURCES = sorted((ROOT / "prefopt").rglob("*.py"))

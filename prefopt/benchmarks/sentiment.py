@@ -22,7 +22,7 @@ from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 from prefopt.data.collate import collate
 from prefopt.data.registry import DataError
 from prefopt.generation import SampleSettings, sample
-from prefopt.logps import SequenceScorer
+from prefopt.scoring import SequenceScorer
 from prefopt.stats import paired_delta
 
 REVIEW_INSTRUCTION = "Continue this movie review: "

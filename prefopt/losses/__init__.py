@@ -2,13 +2,14 @@
 
 ``prefopt.losses.compute(name, ...)`` runs one from a notebook; ``available()`` lists them.
 Importing this package registers every built-in loss (one module per loss); ``common`` holds the shared
-rewards/metrics and the modifiers (LD-DPO, f-divergence, WPO), ``inputs`` what the trainer hands a loss.
+rewards/metrics and the modifiers (LD-DPO, f-divergence, WPO). What the trainer hands a loss (the scored
+log-probs and the extra inputs a loss declares) is built by ``prefopt.scoring``: this package runs no model
+and imports nothing of prefopt but itself and ``prefopt.errors``.
 """
 
 import importlib
 import pkgutil
 
-from prefopt.losses.inputs import check_inputs, required_inputs, score_batch
 from prefopt.losses.registry import (
     EmptyCompletionError,
     LossConfigError,
@@ -26,7 +27,7 @@ from prefopt.losses.registry import (
     register_loss,
 )
 
-_NOT_LOSSES = {"registry", "common", "inputs"}
+_NOT_LOSSES = {"registry", "common"}
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _NOT_LOSSES and not _module.name.startswith("_"):
@@ -44,6 +45,5 @@ def load_plugins(modules) -> None:
 
 __all__ = [
     "EmptyCompletionError", "LossConfigError", "LossOutput", "LossSpec", "PairLogps", "UnknownLossError",
-    "UnpairedLogps", "aliases", "available", "call", "check_inputs", "compute", "get", "load_plugins", "names",
-    "register_loss", "required_inputs", "score_batch",
+    "UnpairedLogps", "aliases", "available", "call", "compute", "get", "load_plugins", "names", "register_loss",
 ]

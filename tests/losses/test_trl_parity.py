@@ -203,7 +203,8 @@ def test_f_divergences(accelerator, loss_type, f_divergence, extreme):
 def test_mpo_combination_matches_trl_loss_weights(accelerator):
     """MPO: TRL's loss_type=[sigmoid, bco_pair, sft], loss_weights=[0.8, 0.2, 1.0] against prefopt's
     loss=[dpo,bco_pair,sft] with per-term weights, combined by the trainer's own compute_losses."""
-    from prefopt.train import LossTerm, compute_losses
+    from prefopt.trainer.setup import LossTerm
+    from prefopt.trainer.step import compute_losses
 
     batch = make_batch(6, seed=3)
     trl_loss, trl_metrics = trl_dpo(accelerator, batch, ["sigmoid", "bco_pair", "sft"], [0.8, 0.2, 1.0])

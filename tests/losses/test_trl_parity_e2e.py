@@ -28,9 +28,10 @@ trl = pytest.importorskip("trl", reason="TRL is a test-only dependency (pip inst
 from prefopt import losses  # noqa: E402
 from prefopt.data.collate import collate  # noqa: E402
 from prefopt.data.tokenize import EncodeSettings, encode_rows  # noqa: E402
-from prefopt.logps import SequenceScorer  # noqa: E402
 from prefopt.models import load_model, load_tokenizer, resolve_model_path  # noqa: E402
-from prefopt.reference import Reference  # noqa: E402
+from prefopt.reference import FrozenReference  # noqa: E402
+from prefopt.scoring import score_batch  # noqa: E402
+from prefopt.scoring.logps import SequenceScorer  # noqa: E402
 
 ASSETS = Path(__file__).resolve().parents[2] / "prefopt" / "assets" / "sentiment_pairs.jsonl"
 BETA, LR, N = 0.1, 1e-4, 4
@@ -92,13 +93,13 @@ def prefopt_step(rows, initial):
     tokenizer = load_tokenizer("tiny")
     model = load_model("tiny", "float32")
     model.load_state_dict(initial)
-    reference = Reference(perturbed_reference())
+    reference = FrozenReference(perturbed_reference())
     scorer = SequenceScorer(model)
     scorer.train()
     optimizer = torch.optim.AdamW(scorer.parameters(), lr=LR, weight_decay=0.0)
     batch = collate(rows, tokenizer.pad_token_id, "paired")
     spec = losses.get("dpo")
-    logps = losses.score_batch(scorer, reference, batch, "paired", frozenset())
+    logps = score_batch(scorer, reference, batch, "paired", frozenset())
     out = losses.call(spec, logps, spec.make_hparams({"beta": BETA}))
     loss = out.losses.mean()
     loss.backward()

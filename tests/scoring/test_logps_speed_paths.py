@@ -15,9 +15,9 @@ import pytest
 import torch
 
 from prefopt.data.collate import collate
-from prefopt.logps import SequenceScorer, completion_logps_from_logits, pack_pairs
 from prefopt.losses import PairLogps, call, get
-from prefopt.train import batches, row_length
+from prefopt.scoring.logps import SequenceScorer, completion_logps_from_logits, pack_pairs
+from prefopt.trainer.batching import batches, row_length
 
 
 @pytest.fixture(scope="module")

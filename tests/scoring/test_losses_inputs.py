@@ -8,10 +8,11 @@ import torch
 
 from prefopt import losses
 from prefopt.data.collate import collate
-from prefopt.logps import SequenceScorer, completion_logps_from_logits
-from prefopt.losses.inputs import log_sum_sq_probs, mismatched_batch
 from prefopt.models import load_model
-from prefopt.reference import Reference
+from prefopt.reference import FrozenReference, PrecomputedReference
+from prefopt.scoring import check_inputs, score_batch
+from prefopt.scoring.inputs import log_sum_sq_probs, mismatched_batch
+from prefopt.scoring.logps import SequenceScorer, completion_logps_from_logits
 
 PAD = 0
 
@@ -59,13 +60,13 @@ def test_score_batch_provides_what_is_declared(model):
     rows = [{"index": 0, "prompt_ids": [5, 6, 7], "chosen_ids": [8, 9, 2], "rejected_ids": [10, 2]},
             {"index": 1, "prompt_ids": [11, 12], "chosen_ids": [13, 2], "rejected_ids": [14, 15, 16, 2]}]
     batch = collate(rows, PAD, "paired")
-    scorer, reference = SequenceScorer(model), Reference(load_model("tiny", "float32"))
-    plain = losses.score_batch(scorer, reference, batch, "paired", frozenset())
+    scorer, reference = SequenceScorer(model), FrozenReference(load_model("tiny", "float32"))
+    plain = score_batch(scorer, reference, batch, "paired", frozenset())
     assert plain.extras == {}
     hp = losses.get("dpo").make_hparams({"ld_alpha": 0.5, "wpo": True})
     needs = losses.get("dpo").required_inputs(hp)
     assert needs == {"policy_tokens", "ref_tokens", "token_sq_probs"}
-    full = losses.score_batch(scorer, reference, batch, "paired", needs)
+    full = score_batch(scorer, reference, batch, "paired", needs)
     assert set(full.extras) == {"token_logps", "token_rows", "ref_token_logps", "token_log_sum_sq_probs"}
     logps, _ = completion_logps_from_logits(model(input_ids=batch["input_ids"]).logits, batch["input_ids"],
                                             batch["completion_mask"])
@@ -78,8 +79,8 @@ def test_score_batch_provides_what_is_declared(model):
 
 def test_unpaired_score_batch_has_kl_pairs(model):
     batch = collate(unpaired_rows(), PAD, "unpaired")
-    scorer, reference = SequenceScorer(model), Reference(load_model("tiny", "float32"))
-    logps = losses.score_batch(scorer, reference, batch, "unpaired", frozenset({"kl_pairs"}))
+    scorer, reference = SequenceScorer(model), FrozenReference(load_model("tiny", "float32"))
+    logps = score_batch(scorer, reference, batch, "unpaired", frozenset({"kl_pairs"}))
     assert logps.kl_policy.shape == (3,) and not logps.kl_policy.requires_grad
     # Same weights for policy and reference here, so the KL estimate is exactly zero.
     assert torch.allclose(logps.kl_policy, logps.kl_ref, atol=1e-5)
@@ -88,10 +89,10 @@ def test_unpaired_score_batch_has_kl_pairs(model):
 
 def test_check_inputs_names_the_config_key():
     with pytest.raises(losses.LossConfigError, match="trainer.batch_size=1"):
-        losses.check_inputs(frozenset({"kl_pairs"}), 1, "frozen")
+        check_inputs(frozenset({"kl_pairs"}), 1, FrozenReference)
     with pytest.raises(losses.LossConfigError, match="reference=precomputed"):
-        losses.check_inputs(frozenset({"ref_tokens"}), 4, "precomputed")
-    losses.check_inputs(frozenset({"policy_tokens"}), 1, "precomputed")
+        check_inputs(frozenset({"ref_tokens"}), 4, PrecomputedReference)
+    check_inputs(frozenset({"policy_tokens"}), 1, PrecomputedReference)
 
 
 def _all_reduce_worker(rank: int, port: int, queue) -> None:

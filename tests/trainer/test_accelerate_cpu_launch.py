@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from prefopt.distributed import dropped_cpu_processes
+from prefopt.trainer.distributed import dropped_cpu_processes
 from tests.conftest import ROOT, TINY, read_metrics, read_summary
 from tests.trainer.test_distributed import MOVING, single, trajectory  # noqa: F401  (single is a fixture)
 

@@ -12,7 +12,8 @@ import pytest
 from hydra.errors import ConfigCompositionException, HydraException
 from omegaconf.errors import OmegaConfBaseException
 
-from prefopt.train import USER_ERRORS, run
+from prefopt.errors import PrefoptError
+from prefopt.train import run
 from tests.conftest import TINY, compose, run_cli
 
 
@@ -53,7 +54,7 @@ def test_compose_time_errors_name_the_key(overrides, needles):
     ],
 )
 def test_run_time_checks_name_the_key(tmp_path, overrides, needle):
-    with pytest.raises(USER_ERRORS) as err:
+    with pytest.raises(PrefoptError) as err:
         run(compose(TINY + overrides), run_dir=tmp_path / "run")
     assert needle in str(err.value)
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
@@ -62,14 +63,14 @@ def test_run_time_checks_name_the_key(tmp_path, overrides, needle):
 def test_dataset_missing_column_names_row_and_field(tmp_path):
     path = write_rows(tmp_path / "pairs.jsonl", [{"prompt": "Say hi.", "chosen": "Hi!", "rejected": "No."},
                                                  {"prompt": "Say bye.", "chosen": "Bye!"}])
-    with pytest.raises(USER_ERRORS, match="row 1: missing field 'rejected'"):
+    with pytest.raises(PrefoptError, match="row 1: missing field 'rejected'"):
         run(compose(TINY + [f"dataset.path={path}"]), run_dir=tmp_path / "run")
 
 
 def test_dataset_empty_after_filtering_is_counted(tmp_path):
     path = write_rows(tmp_path / "pairs.jsonl", [{"prompt": "Say hi.", "chosen": " ", "rejected": "No."},
                                                  {"prompt": "Say bye.", "chosen": "", "rejected": "x"}])
-    with pytest.raises(USER_ERRORS, match=r"no training rows left after filtering.*filtered_empty"):
+    with pytest.raises(PrefoptError, match=r"no training rows left after filtering.*filtered_empty"):
         run(compose(TINY + [f"dataset.path={path}", "dataset.filters=[empty]"]), run_dir=tmp_path / "run")
 
 

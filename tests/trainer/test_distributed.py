@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from prefopt.distributed import step_plan
+from prefopt.trainer.distributed import step_plan
 from tests.conftest import ROOT, TINY, compose, read_metrics, read_summary, run_cli
 
 # A learning rate that moves the tiny model visibly in 4 steps, so matching trajectories is not the
@@ -110,7 +110,7 @@ def test_launcher_and_deepspeed_configs_compose():
     from hydra import initialize_config_dir
 
     import prefopt.train  # noqa: F401  registers the schemas
-    from prefopt.distributed import deepspeed_config
+    from prefopt.trainer.distributed import deepspeed_config
 
     conf = ROOT / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
@@ -138,7 +138,7 @@ def test_slurm_tasks_become_torch_distributed_ranks(monkeypatch):
     reads (checked against submitit's own view of the job, faked here: no cluster in CI)."""
     import submitit
 
-    from prefopt.distributed import adopt_slurm_environment
+    from prefopt.trainer.distributed import adopt_slurm_environment
 
     class FakeJob:
         num_tasks, num_nodes, global_rank, local_rank = 16, 2, 11, 3

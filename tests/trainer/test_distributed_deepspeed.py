@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from prefopt import checkpoint
+from prefopt.trainer import checkpoint
 from tests.conftest import ROOT, TINY, read_metrics, read_summary, run_cli
 from tests.trainer.test_distributed import MOVING, _free_port, trajectory
 from tests.trainer.test_resume import kill_and_resume, rank0_only

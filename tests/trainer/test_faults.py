@@ -14,9 +14,9 @@ import os
 
 import pytest
 
-from prefopt import checkpoint
-from prefopt.faults import NonFiniteError
 from prefopt.io import JsonlWriter, RunFileError, atomic_write_json
+from prefopt.trainer import checkpoint
+from prefopt.trainer.faults import NonFiniteError
 from tests.conftest import TINY, compose, read_metrics, read_summary, run_cli
 
 RUN = TINY + ["trainer.max_steps=3", "trainer.checkpoint_every=1", "trainer.eval_every=0"]
@@ -110,11 +110,12 @@ def test_checkpoint_on_full_disk_keeps_the_previous_one(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_run_dir_under_a_file_is_one_clear_error(tmp_path):
-    from prefopt.train import USER_ERRORS, run
+    from prefopt.errors import PrefoptError
+    from prefopt.train import run
 
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(USER_ERRORS, match=rf"{blocker}/run.*Not a directory"):
+    with pytest.raises(PrefoptError, match=rf"{blocker}/run.*Not a directory"):
         run(compose(TINY), blocker / "run")
 
 
@@ -147,7 +148,7 @@ def test_sweep_index_merges_concurrent_updates(tmp_path):
 
 
 def test_nonfinite_error_is_a_user_error():
-    from prefopt.train import USER_ERRORS
+    from prefopt.errors import PrefoptError
 
-    assert issubclass(NonFiniteError, USER_ERRORS)
-    assert issubclass(checkpoint.CheckpointError, USER_ERRORS)
+    assert issubclass(NonFiniteError, PrefoptError)
+    assert issubclass(checkpoint.CheckpointError, PrefoptError)

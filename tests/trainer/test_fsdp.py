@@ -15,8 +15,8 @@ import time
 import pytest
 import yaml
 
-from prefopt import checkpoint
-from prefopt.distributed import DistributedConfigError, check_fsdp_config
+from prefopt.trainer import checkpoint
+from prefopt.trainer.distributed import DistributedConfigError, check_fsdp_config
 from tests.conftest import ROOT, TINY, compose, read_metrics, read_summary, run_cli
 from tests.trainer.test_distributed import MOVING, _free_port, trajectory
 from tests.trainer.test_distributed_deepspeed import single  # noqa: F401  the 1-process baseline, model saved

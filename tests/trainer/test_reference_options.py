@@ -94,7 +94,7 @@ def test_cache_key_follows_content_not_paths(tmp_path):
     from prefopt.data.collate import collate
     from prefopt.models import load_model, load_tokenizer, resolve_model_path
     from prefopt.reference import _cache_key, weights_digest
-    from prefopt.train import batches
+    from prefopt.trainer.batching import batches
     from tests.conftest import compose
 
     same, other = tmp_path / "same", tmp_path / "other"
@@ -124,7 +124,7 @@ RACE_WORKER = textwrap.dedent("""
     from prefopt.data.collate import collate
     from prefopt.models import load_model, load_tokenizer
     from prefopt.reference import build_precomputed
-    from prefopt.train import batches
+    from prefopt.trainer.batching import batches
     from tests.conftest import compose
 
     cfg = compose(["model=tiny"])
@@ -178,9 +178,9 @@ def tiny_batch():
 
 
 def test_adapter_off_holds_one_copy_of_the_base(tiny_batch):
-    from prefopt.logps import SequenceScorer
     from prefopt.models import load_model
     from prefopt.reference import build_reference, prepare_policy
+    from prefopt.scoring.logps import SequenceScorer
     from tests.conftest import compose
 
     cfg = compose(["model=tiny", "reference=adapter_off"])

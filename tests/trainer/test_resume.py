@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from prefopt import checkpoint
+from prefopt.trainer import checkpoint
 from tests.conftest import TINY, compose, read_metrics, read_summary, run_cli
 
 # 6 steps of 8 pairs in a 108-pair epoch (mid-epoch throughout), a learning rate that moves the model,
@@ -153,7 +153,7 @@ def test_checkpoint_contents_and_keep_last(uninterrupted):
 
 
 def test_keep_last_prunes_older_checkpoints(tmp_path):
-    from prefopt.checkpoint import _prune
+    from prefopt.trainer.checkpoint import _prune
 
     root = tmp_path / "checkpoints"
     for step in (2, 4, 6, 8):

@@ -168,24 +168,20 @@ def _torch_save(obj: Any, path: Path) -> None:
 def backend_of(accelerator) -> str:
     """``full`` (one process or DDP: every rank holds the whole model and optimizer), ``deepspeed`` or
     ``fsdp`` (each rank holds a shard and writes it)."""
-    from prefopt.distributed import uses_deepspeed, uses_fsdp
+    from prefopt.trainer.distributed import uses_deepspeed, uses_fsdp
 
     if uses_deepspeed(accelerator):
         return "deepspeed"
     return "fsdp" if uses_fsdp(accelerator) else "full"
 
 
-def _unwrap_policy(accelerator, model):
-    # ``model`` is the prepared SequenceScorer (DDP-, DeepSpeed- or FSDP-wrapped); its ``.model`` is the policy.
-    return accelerator.unwrap_model(model).model
-
-
-def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, loss_states: list[dict],
-         reference, metrics_offset: int, counters: dict, config: dict, keep_last: int) -> Path | None:
-    """Write checkpoint ``step`` (collective: every rank calls it). ``model`` and ``optimizer`` are the
-    prepared ones. Rank 0 writes the shared files; under DeepSpeed and FSDP every rank first writes its own
-    shards into rank 0's temp directory. Returns the checkpoint's path on rank 0."""
-    final = Path(run_dir) / CHECKPOINTS / f"step-{step:08d}"
+def save(s, step: int, counters, metrics_offset: int) -> Path | None:
+    """Write checkpoint ``step`` of the run ``s`` (a ``TrainingSetup``) with its ``RunCounters`` and the byte
+    offset of metrics.jsonl. Collective: every rank calls it. Rank 0 writes the shared files; under DeepSpeed
+    and FSDP every rank first writes its own shards into rank 0's temp directory. Returns the checkpoint's
+    path on rank 0."""
+    accelerator = s.accelerator
+    final = Path(s.run_dir) / CHECKPOINTS / f"step-{step:08d}"
     main = accelerator.is_main_process
     backend = backend_of(accelerator)
     rngs = _gather(accelerator, _rng_state())
@@ -194,15 +190,21 @@ def save(run_dir: Path, step: int, *, accelerator, model, optimizer, scheduler, 
         # The shards go into rank 0's temp directory, so the checkpoint is still published by one rename.
         tmp, failure = _broadcast(accelerator, (tmp, failure))
         if failure is None:
-            mine = _write_shards(backend, Path(tmp), accelerator.process_index, model, optimizer)
+            mine = _write_shards(backend, Path(tmp), accelerator.process_index, s.scorer, s.optimizer)
             failure = next((f for f in _gather(accelerator, mine) if f is not None), None)
     if main:
         if failure is None:
-            failure = _write_checkpoint(Path(tmp), final, step, backend=backend,
-                                        policy=_unwrap_policy(accelerator, model), optimizer=optimizer,
-                                        scheduler=scheduler, loss_states=loss_states, reference=reference,
-                                        metrics_offset=metrics_offset, counters=counters, config=config,
-                                        rngs=rngs, world=accelerator.num_processes, keep_last=keep_last)
+            state = {
+                "step": step,
+                "metrics_offset": metrics_offset,
+                "scheduler": s.scheduler.state_dict(),
+                "counters": counters.to_dict(),
+                "world_size": accelerator.num_processes,
+                "backend": backend,
+                "rng": {str(rank): r for rank, r in enumerate(rngs)},
+                "config": s.config,
+            }
+            failure = _write_checkpoint(Path(tmp), final, state, s, keep_last=s.cfg.trainer.keep_last)
         if failure is not None and tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
     # Every rank learns whether a write failed (a full disk), so all stop instead of the others waiting
@@ -254,31 +256,19 @@ def _write_shards(backend: str, tmp: Path, rank: int, model, optimizer) -> tuple
     return None
 
 
-def _write_checkpoint(tmp: Path, final: Path, step: int, *, backend, policy, optimizer, scheduler, loss_states,
-                      reference, metrics_offset, counters, config, rngs, world,
-                      keep_last) -> tuple[int, str] | None:
+def _write_checkpoint(tmp: Path, final: Path, state: dict, s, keep_last: int) -> tuple[int, str] | None:
     """Rank 0's part of ``save``; returns (errno, message) on an OS error instead of raising."""
     from safetensors.torch import save_model
 
     root = final.parent
     try:
-        if backend == "full":
-            save_model(policy, str(tmp / "model.safetensors"))
-            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
-        _torch_save(loss_states, tmp / "loss_state.pt")
-        moving = _moving_reference(reference)
-        if moving is not None:
-            save_model(moving, str(tmp / "reference.safetensors"))
-        state = {
-            "step": step,
-            "metrics_offset": metrics_offset,
-            "scheduler": scheduler.state_dict(),
-            "counters": counters,
-            "world_size": world,
-            "backend": backend,
-            "rng": {str(rank): s for rank, s in enumerate(rngs)},
-            "config": config,
-        }
+        if state["backend"] == "full":
+            save_model(s.policy, str(tmp / "model.safetensors"))
+            _torch_save(s.optimizer.state_dict(), tmp / "optimizer.pt")
+        _torch_save(s.loss_states, tmp / "loss_state.pt")
+        if s.reference.moves_with_policy:
+            # A frozen reference is rebuilt from the initial model; one that moved must be saved.
+            save_model(s.reference.model, str(tmp / "reference.safetensors"))
         (tmp / "state.json").write_text(dumps(state) + "\n", encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -286,14 +276,6 @@ def _write_checkpoint(tmp: Path, final: Path, step: int, *, backend, policy, opt
         _prune(root, keep_last)
     except OSError as err:
         return err.errno or 0, f"cannot write checkpoint {final}: {err.strerror or err}"
-    return None
-
-
-def _moving_reference(reference):
-    """The reference model if its weights change during training (TR-DPO's sync reference, or any reference
-    declaring ``moves_during_training``), else None: a frozen reference is rebuilt from the initial model."""
-    if getattr(reference, "kind", None) == "sync" or getattr(reference, "moves_during_training", False):
-        return getattr(reference, "model", None)
     return None
 
 
@@ -333,37 +315,35 @@ def validate(path: Path, *, accelerator, config: dict) -> dict:
     return state
 
 
-def load(path: Path, *, accelerator, model, optimizer, scheduler, loss_states: list[dict], reference,
-         config: dict) -> TrainState:
-    """Restore a checkpoint into the prepared model and optimizer (collective under DeepSpeed and FSDP:
-    every rank reads its own shard); returns the loop position. Called after ``prepare`` and just before
-    the loop, so the restored RNG streams are not consumed by the set-up."""
+def load(path: Path, s) -> TrainState:
+    """Restore a checkpoint into the prepared model and optimizer of the run ``s`` (collective under DeepSpeed
+    and FSDP: every rank reads its own shard); returns the loop position. Called after ``prepare`` and just
+    before the loop, so the restored RNG streams are not consumed by the set-up."""
     from safetensors.torch import load_model
 
-    state = validate(path, accelerator=accelerator, config=config)
+    accelerator = s.accelerator
+    state = validate(path, accelerator=accelerator, config=s.config)
     backend = state.get("backend", "full")
     if backend == "deepspeed":
-        _load_deepspeed(path, model)
+        _load_deepspeed(path, s.scorer)
     elif backend == "fsdp":
-        _load_fsdp_shards(path, accelerator.process_index, model, optimizer)
+        _load_fsdp_shards(path, accelerator.process_index, s.scorer, s.optimizer)
     else:
-        missing, unexpected = load_model(_unwrap_policy(accelerator, model), str(path / "model.safetensors"),
-                                         strict=False)
+        missing, unexpected = load_model(s.policy, str(path / "model.safetensors"), strict=False)
         if missing or unexpected:
             raise CheckpointError(f"resume: {path / 'model.safetensors'} does not fit the model "
                                   f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-        optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
-    scheduler.load_state_dict(state["scheduler"])
+        s.optimizer.load_state_dict(_load_tensors(path / "optimizer.pt"))
+    s.scheduler.load_state_dict(state["scheduler"])
     saved_losses = _load_tensors(path / "loss_state.pt")
-    for live, saved in zip(loss_states, saved_losses, strict=True):
+    for live, saved in zip(s.loss_states, saved_losses, strict=True):
         live.clear()
         live.update(saved)
-    moving = _moving_reference(reference)
-    if moving is not None:
+    if s.reference.moves_with_policy:
         if not (path / "reference.safetensors").is_file():
-            raise CheckpointError(f"resume: {path} has no reference.safetensors for reference kind "
-                                  f"{getattr(reference, 'kind', '?')!r}, whose weights change during training")
-        load_model(moving, str(path / "reference.safetensors"), strict=False)
+            raise CheckpointError(f"resume: {path} has no reference.safetensors for reference={s.reference.kind}, "
+                                  "whose weights change during training")
+        load_model(s.reference.model, str(path / "reference.safetensors"), strict=False)
     _set_rng_state(state["rng"][str(accelerator.process_index)])
     return TrainState(step=int(state["step"]), metrics_offset=int(state["metrics_offset"]),
                       counters=state.get("counters", {}), path=path)

@@ -2,20 +2,17 @@
 FSDP.
 
 One code path serves a laptop, ``accelerate launch`` / ``torchrun`` on GPUs, and ``torchrun`` on a CPU-only
-machine (gloo). The loop in ``prefopt/train.py`` calls the few functions here:
+machine (gloo). The loop (``prefopt/trainer/``) calls the few functions here:
 
 - ``make_accelerator(cfg)``: plain DDP when launched with several processes, DeepSpeed when
   ``deepspeed=<zero2|zero3>`` is set. On a machine without CUDA the process group is gloo; for DeepSpeed
   that backend is passed explicitly, because accelerate otherwise picks no backend on a CPU-only machine,
   counts one process while DeepSpeed counts all of them, and fails with "train_batch_size is not equal to
   micro_batch_per_gpu * gradient_acc_step * world_size".
-- ``step_plan``: the examples of one optimizer step, split disjointly across ranks, so the global batch is
-  ``batch_size * grad_accum * processes`` whatever the number of processes. Every rank runs the same
-  number of micro-batches (a rank whose slice runs out gets a zero-weight stand-in), because DDP
-  forward passes broadcast buffers and ZeRO-3 forward passes gather parameters: both are collective.
 - ``reduce_sums``: metrics are example-weighted sums, all-reduced, divided by the global count.
-- ``prepare_reference``: under ZeRO-3 the frozen reference is partitioned like the policy, for
+- ``prepare_reference``: under ZeRO-3 a reference that holds a model is partitioned like the policy, for
   inference only (no optimizer).
+- ``step_plan`` (in ``batching.py``) splits each optimizer step's examples disjointly across ranks.
 - FSDP2 (``fully_shard``) when ``accelerate launch`` is given conf/accelerate/fsdp*.yaml: accelerate
   shards the policy (one unit per decoder layer, the rest in the root unit), clips and reports the grad
   norm over the shards, and gathers the full weights for the final save. The reference was deep-copied
@@ -28,11 +25,9 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import math
 import os
 import socket
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -102,20 +97,21 @@ def fsdp_requested() -> bool:
     return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
-def check_fsdp_config(cfg) -> None:
-    """What cannot work when the policy is sharded by FSDP, refused before any model is loaded."""
+def check_fsdp_config(cfg, reference) -> None:
+    """What cannot work when the policy is sharded by FSDP, refused before any model is loaded.
+    ``reference``: the run's reference class (prefopt.reference), asked what it needs."""
     refusals = [
         (cfg.get("deepspeed") is not None,
          "deepspeed and FSDP both shard the model: launch FSDP without deepspeed=..., or DeepSpeed without "
          "an FSDP accelerate config"),
         # TR-DPO's sync copies the policy's weights into the reference; each rank holds only a shard.
-        (cfg.reference.kind == "sync",
-         "reference=sync is not supported with FSDP (the policy's weights are sharded); use DDP or "
+        (reference.moves_with_policy,
+         f"reference={reference.kind} is not supported with FSDP (the policy's weights are sharded); use DDP or "
          "deepspeed=zero2"),
         # The adapter_off reference runs the wrapped policy outside the FSDP root's forward, where the
         # root's own parameters (embeddings, head) are still sharded.
-        (cfg.reference.kind == "adapter_off",
-         "reference=adapter_off is not supported with FSDP (the LoRA policy is sharded; its reference pass "
+        (reference.wraps_policy,
+         f"reference={reference.kind} is not supported with FSDP (the LoRA policy is sharded; its reference pass "
          "runs outside FSDP's forward); use reference=frozen or precomputed, or DDP"),
     ]
     for refused, message in refusals:
@@ -204,7 +200,8 @@ def scalar(value) -> float:
     return float(value)
 
 
-def make_accelerator(cfg):
+def make_accelerator(cfg, reference):
+    """``reference``: the run's reference class, for the FSDP refusals."""
     from accelerate import Accelerator
     from accelerate.utils import DeepSpeedPlugin, DistributedType, InitProcessGroupKwargs
 
@@ -212,7 +209,7 @@ def make_accelerator(cfg):
     ds = deepspeed_config(cfg)
     cuda = torch.cuda.is_available()
     if fsdp_requested():
-        check_fsdp_config(cfg)
+        check_fsdp_config(cfg, reference)
         if not cuda:
             _fsdp_on_cpu()
     if ds is None:
@@ -254,40 +251,6 @@ def zero_stage(accelerator) -> int:
 
 def uses_deepspeed(accelerator) -> bool:
     return zero_stage(accelerator) >= 0
-
-
-@dataclass
-class MicroBatch:
-    rows: list[dict]
-    # 1 for a real example of this rank, 0 for a stand-in that only keeps the collectives in step.
-    weights: torch.Tensor
-
-    @property
-    def n_real(self) -> int:
-        return int(self.weights.sum())
-
-
-def step_plan(group: list[dict], world: int, rank: int, batch_size: int) -> list[MicroBatch]:
-    """This rank's micro-batches of one global step.
-
-    The ``len(group)`` examples are cut into ``world`` contiguous slices whose sizes differ by at most one
-    (rank r takes the r-th), each cut into micro-batches of ``batch_size``. Every rank returns the same
-    number of micro-batches. With ``world == 1`` this is the single-process batching, so a run on N
-    processes with ``batch_size = B / N`` sees exactly the steps of a single-process run with ``B``.
-    """
-    base, extra = divmod(len(group), world)
-    sizes = [base + (1 if r < extra else 0) for r in range(world)]
-    start = sum(sizes[:rank])
-    mine = group[start:start + sizes[rank]]
-    n_micro = max(1, math.ceil(max(sizes) / batch_size))
-    plan = []
-    for i in range(n_micro):
-        rows = mine[i * batch_size:(i + 1) * batch_size]
-        if rows:
-            plan.append(MicroBatch(rows, torch.ones(len(rows))))
-        else:
-            plan.append(MicroBatch([group[0]], torch.zeros(1)))
-    return plan
 
 
 def reduce_sums(accelerator, sums: dict[str, float], count: float) -> tuple[dict[str, float], float]:
@@ -334,11 +297,11 @@ def prepare_reference(accelerator, reference) -> None:
     """Under ZeRO-3 the reference's weights are partitioned too (each rank holds 1/N), via an inference-only
     DeepSpeed engine: the training config without optimizer, scheduler or gradient settings. Under
     ZeRO-0/1/2 and DDP every rank keeps its own full frozen copy, which is what it already has."""
-    if zero_stage(accelerator) != 3 or getattr(reference, "model", None) is None:
+    if zero_stage(accelerator) != 3 or not reference.shardable:
         return
     import deepspeed
 
-    from prefopt.logps import SequenceScorer
+    from prefopt.scoring import SequenceScorer
 
     ds = copy.deepcopy(accelerator.state.deepspeed_plugin.deepspeed_config)
     for key in ("optimizer", "scheduler", "gradient_clipping", "gradient_accumulation_steps"):

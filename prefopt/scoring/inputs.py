@@ -2,14 +2,16 @@
 providing exactly the extra inputs the configured losses declare (``LossSpec.required_inputs``).
 
 The trainer never asks which loss it runs; it asks ``required_inputs(terms)`` once and passes the
-answer to ``score_batch`` for every batch.
+answer to ``score_batch`` for every batch. Nor does it ask which reference it has: ``check_inputs`` asks
+the reference class what it can provide.
 """
 
 from __future__ import annotations
 
 import torch
 
-from prefopt.losses.registry import LossConfigError, PairLogps, UnpairedLogps
+from prefopt.losses import LossConfigError, PairLogps, UnpairedLogps
+from prefopt.scoring.logps import _decoder_and_head
 
 
 def required_inputs(terms) -> frozenset[str]:
@@ -20,18 +22,25 @@ def required_inputs(terms) -> frozenset[str]:
     return frozenset(needs)
 
 
-def check_inputs(needs: frozenset[str], batch_size: int, reference_kind: str) -> None:
-    """Fail before training, naming the config key, when the run cannot provide what the losses need."""
+def check_inputs(needs: frozenset[str], batch_size: int, reference) -> None:
+    """Fail before training, naming the config key, when the run cannot provide what the losses need.
+
+    ``reference``: the reference class (or instance) of the run; its ``scores_any_sequence`` and
+    ``token_logps`` say whether it can score KTO's mismatched pairs and give per-token log-probs."""
     if "kl_pairs" in needs and batch_size < 2:
         raise LossConfigError(
             f"trainer.batch_size={batch_size}: the KL estimate pairs each prompt with another row's completion "
             "in the same micro-batch, so it needs trainer.batch_size >= 2"
         )
-    if reference_kind == "precomputed" and needs & {"kl_pairs", "ref_tokens"}:
-        which = "KL pairs of mismatched completions" if "kl_pairs" in needs else "per-token log-probs (ld_alpha)"
+    missing = []
+    if "kl_pairs" in needs and not reference.scores_any_sequence:
+        missing.append("KL pairs of mismatched completions")
+    if "ref_tokens" in needs and not reference.token_logps:
+        missing.append("per-token log-probs (ld_alpha)")
+    if missing:
         raise LossConfigError(
-            f"reference=precomputed stores per-sequence log-probs of the dataset only, but the loss needs the "
-            f"reference's {which}; use reference=frozen"
+            f"reference={reference.kind} {reference.limitation}, but the loss needs the reference's "
+            f"{missing[0]}; use reference=frozen"
         )
 
 
@@ -77,10 +86,8 @@ def log_sum_sq_probs(model, batch: dict, rows: torch.Tensor) -> torch.Tensor:
     row_idx, positions = target.nonzero(as_tuple=True)
     if not torch.equal(row_idx, rows):
         raise RuntimeError("token order of the policy scorer and the WPO normalizer differ")
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
-    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else None
-    if head is None or decoder is None:
+    decoder, head = _decoder_and_head(model)  # the scorer's own lookup: the same positions, the same head
+    if decoder is None:
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         selected = logits[:, :-1][row_idx, positions].float()
     else:

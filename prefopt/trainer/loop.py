@@ -1,0 +1,158 @@
+"""The training loop of every prefopt run, and ``run(cfg)``, which wraps it with set-up and reporting.
+
+    run(cfg)
+      build_setup     setup.py       config checks, accelerator, data, policy, reference, optimizer
+      (resume)        checkpoint.py  weights, optimizer, schedule, loss state, RNGs, metrics offset
+      train           this file      epochs -> optimizer steps; log, eval, checkpoint between steps
+        optimizer_step  step.py      micro-batches -> score -> compute_losses -> backward -> update
+      evaluate_heldout evaluation.py held-out loss and rewards
+      benchmark       prefopt/benchmarks/runner.py
+      build_summary   summary.py     -> summary.json
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt.benchmarks.runner import benchmark_trained_policy
+from prefopt.io import atomic_write_json, atomic_write_text
+from prefopt.models import load_model, save_model_atomically
+from prefopt.sinks import build_sinks, install_log_redaction, redact
+from prefopt.trainer import checkpoint, faults
+from prefopt.trainer.batching import step_groups
+from prefopt.trainer.counters import RunCounters
+from prefopt.trainer.distributed import gathered_state_dict
+from prefopt.trainer.evaluation import evaluate_heldout
+from prefopt.trainer.setup import TrainingSetup, build_setup
+from prefopt.trainer.step import optimizer_step
+from prefopt.trainer.summary import build_summary
+
+log = logging.getLogger("prefopt.train")
+
+
+def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices: dict | None = None) -> dict:
+    """Train, evaluate, benchmark and write the run directory. Returns the summary dict."""
+    wall_start = time.perf_counter()
+    run_dir = Path(run_dir or cfg.run_dir or "runs/manual")
+    resume_from: list[Path | None] = [None]
+
+    def before_loading(accelerator) -> None:
+        install_log_redaction()
+        resume_from[0] = start_or_resume(cfg, run_dir, accelerator)
+
+    s = build_setup(cfg, run_dir, before_loading)
+    # Restored after prepare (sharded backends need the prepared model) and just before the loop, so the
+    # restored RNG streams are not consumed by the set-up; the reference was built above from the initial
+    # weights, as in the interrupted run.
+    state = checkpoint.load(resume_from[0], s) if resume_from[0] else checkpoint.TrainState()
+    if state.path is not None:
+        log.info("resuming from %s (step %d)", state.path, state.step)
+    counters = RunCounters.from_dict(state.counters)
+    if s.is_main:
+        # A resumed run's log is cut back to its checkpoint: no line of the lost steps, none twice.
+        checkpoint.truncate_metrics(run_dir / "metrics.jsonl", state.metrics_offset)
+        atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(redact(s.config))))
+    sinks = build_sinks(cfg.logger, run_dir, s.config, s.is_main, name=run_dir.name)
+
+    step = train(s, counters, state.step, state.path, sinks)
+
+    eval_metrics = heldout(s)
+    sinks.log({"split": "eval", "step": step, "epoch": counters.last_train.get("epoch", 0.0), **eval_metrics})
+    policy = trained_policy(s)
+    benchmark = None
+    if cfg.benchmark.name != "none" and s.is_main:
+        benchmark = benchmark_trained_policy(cfg, policy, s.reference, s.tokenizer, s.device, run_dir)
+        sinks.log({"split": "benchmark", "step": step, **{k: v for k, v in benchmark.items() if k != "examples"}})
+    if s.is_main and cfg.trainer.save_model:
+        save_model_atomically(policy, s.tokenizer, run_dir / "model")
+
+    summary = build_summary(s, counters, step=step, eval_metrics=eval_metrics, benchmark=benchmark,
+                            resumed_from=state.path, hydra_choices=hydra_choices, wall_start=wall_start)
+    if s.is_main:
+        atomic_write_json(run_dir / "summary.json", redact(summary))
+    sinks.finish(summary)
+    s.accelerator.end_training()
+    return summary
+
+
+def train(s: TrainingSetup, counters: RunCounters, start_step: int, last_checkpoint: Path | None, sinks) -> int:
+    """Run the optimizer steps from ``start_step`` to ``s.total_steps``; returns the last step taken."""
+    from tqdm.auto import tqdm
+
+    cfg = s.cfg
+    bar = tqdm(total=s.total_steps, initial=start_step, disable=not (s.is_main and cfg.trainer.progress_bar),
+               desc="train", dynamic_ncols=True)
+    step = start_step
+    s.scorer.train()
+    for epoch in range(cfg.epochs):
+        groups = step_groups(s.datasets.train, cfg, s.world, epoch)
+        for i, group in enumerate(groups):
+            if epoch * s.steps_per_epoch + i < step:
+                continue  # taken before the checkpoint this run resumed from
+            if step >= s.total_steps:
+                break
+            try:
+                result = optimizer_step(s, group, step + 1, epoch)
+            except faults.NonFiniteError as err:  # trainer.on_nonfinite=stop
+                if s.is_main:
+                    checkpoint.write_failure(s.run_dir, err, step, last_checkpoint)
+                    sinks.finish(None)
+                raise faults.NonFiniteError(f"{err}; last good checkpoint: {last_checkpoint}") from None
+            step += 1
+            counters.add_step(result.n_examples, result.tokens, result.seconds)
+            counters.skipped_steps += result.skipped
+            record = {**result.record, "epoch": epoch + (i + 1) / len(groups), "step": step,
+                      "pairs/s": result.n_examples / result.seconds, "tokens/s": result.tokens / result.seconds}
+            if counters.skipped_steps:
+                record["skipped_steps"] = counters.skipped_steps
+            counters.last_train = record
+            if step % cfg.trainer.log_every == 0 or step == s.total_steps:
+                sinks.log({"split": "train", **record})
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('rewards/accuracies', float('nan')):.2f}")
+            if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < s.total_steps:
+                counters.eval_metrics = heldout(s)
+                sinks.log({"split": "eval", "step": step, "epoch": record["epoch"], **counters.eval_metrics})
+            if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 and step < s.total_steps:
+                last_checkpoint = checkpoint.save(s, step, counters, sinks.offset()) or last_checkpoint
+            faults.maybe_kill(step)  # PREFOPT_INJECT_FAULT=kill:<step>, for the resume tests only
+    bar.close()
+    return step
+
+
+def start_or_resume(cfg: DictConfig, run_dir: Path, accelerator) -> Path | None:
+    """The checkpoint to resume from (validated now, before minutes of loading and sharding), or None for a
+    fresh run, whose directory is cleared of any earlier run."""
+    resume_from = checkpoint.resolve_resume(cfg.resume, run_dir)
+    if resume_from is not None:
+        checkpoint.validate(resume_from, accelerator=accelerator, config=OmegaConf.to_container(cfg, resolve=True))
+    elif accelerator.is_main_process:
+        checkpoint.clear_previous_run(run_dir)
+    accelerator.wait_for_everyone()  # every rank has resolved the resume point before rank 0 writes
+    return resume_from
+
+
+def heldout(s: TrainingSetup) -> dict[str, float]:
+    return evaluate_heldout(s.scorer, s.reference, s.terms, s.kind, s.datasets.eval, s.cfg, s.pad_id, s.device,
+                            s.accelerator)
+
+
+def trained_policy(s: TrainingSetup):
+    """The trained policy as a plain transformers model with full weights, on rank 0."""
+    full_state = gathered_state_dict(s.accelerator, s.scorer)  # collective under ZeRO-3 and FSDP
+    policy = s.policy
+    if full_state is not None and s.is_main:
+        # ZeRO-3 and FSDP leave each rank a shard; rank 0 saves a fresh model holding the gathered weights.
+        mcfg = s.cfg.model
+        policy = load_model(mcfg.name_or_path, mcfg.dtype, mcfg.trust_remote_code)
+        policy.load_state_dict(full_state, strict=False)
+    if hasattr(policy, "merge_and_unload"):
+        # reference=adapter_off trained LoRA adapters: merged, the benchmark and run_dir/model see a plain
+        # model that transformers and prefopt.evaluate load directly.
+        policy = policy.merge_and_unload()
+    return policy

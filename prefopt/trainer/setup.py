@@ -1,0 +1,266 @@
+"""The set-up of a run: everything the loop needs, built once, in order, into one ``TrainingSetup``.
+
+``build_setup(cfg, run_dir)`` checks the config, builds the loss terms, the accelerator (DDP / DeepSpeed /
+FSDP), the tokenizer and data, the policy and its reference, the optimizer and schedule, and prepares them
+for the processes. Nothing here trains; ``loop.py`` does. The order matters for reproducibility: the seed is
+set right after the accelerator, before anything random (data order, LoRA init) happens.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt import data as data_lib
+from prefopt import losses
+from prefopt.data.collate import collate
+from prefopt.errors import ConfigError
+from prefopt.models import load_model, load_tokenizer
+from prefopt.reference import Reference, build_reference, reference_class
+from prefopt.scoring import SequenceScorer, check_inputs, required_inputs
+from prefopt.trainer.batching import batches, steps_per_epoch
+from prefopt.trainer.distributed import (
+    configure_fsdp,
+    describe,
+    fsdp_param_dtype,
+    make_accelerator,
+    prepare_reference,
+)
+
+log = logging.getLogger("prefopt.train")
+
+
+@dataclass
+class LossTerm:
+    """One configured loss of the run (several make a weighted combination, e.g. ``loss=[dpo,sft]``)."""
+
+    spec: losses.LossSpec
+    hparams: Any
+    weight: float
+    state: dict  # a stateful loss's running state (BCO's baseline), checkpointed with the run
+
+
+@dataclass
+class TrainingSetup:
+    """Everything a run trains with; the loop, the step, the checkpoint and the summary take this."""
+
+    cfg: DictConfig
+    config: dict  # the resolved config, as written to config.yaml and checkpoints
+    run_dir: Path
+    accelerator: Any
+    tokenizer: Any
+    datasets: Any  # .train, .eval (tokenized rows), .stats (data counts)
+    kind: str  # the collated layout: paired | unpaired | sft
+    terms: list[LossTerm]
+    needs: frozenset[str]  # extra inputs the losses declared (prefopt.scoring)
+    scorer: Any  # the prepared SequenceScorer; its .model is the policy
+    reference: Reference
+    optimizer: Any
+    scheduler: Any
+    steps_per_epoch: int
+    total_steps: int
+    distributed: dict  # how the model is distributed, for summary.json
+
+    @property
+    def device(self):
+        return self.accelerator.device
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.accelerator.process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
+
+    @property
+    def policy(self):
+        """The policy model itself, unwrapped from DDP/DeepSpeed/FSDP and the scorer."""
+        return self.accelerator.unwrap_model(self.scorer).model
+
+    @property
+    def loss_states(self) -> list[dict]:
+        return [t.state for t in self.terms]
+
+    @property
+    def max_grad_norm(self) -> float:
+        clip = self.cfg.optimizer.max_grad_norm
+        return clip if clip > 0 else float("inf")
+
+
+def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> TrainingSetup:
+    """Build the run. ``before_loading(accelerator)`` runs once the processes exist and before anything heavy
+    loads (the loop resolves and validates a resume point there)."""
+    check_config(cfg)
+    terms = build_loss_terms(cfg)
+    kind = data_kind(terms)
+    needs_reference = any(t.spec.needs_reference for t in terms)
+    reference_cls = reference_class(cfg.reference, needs_reference, [t.spec.name for t in terms])
+    check_reference_fits(cfg, reference_cls)
+    needs = required_inputs(terms)  # e.g. per-token log-probs for WPO/LD-DPO, KL pairs for KTO
+    check_inputs(needs, cfg.trainer.batch_size, reference_cls)
+
+    # DDP when launched with several processes, DeepSpeed with deepspeed=zero2|zero3, FSDP2 when accelerate
+    # is launched with conf/accelerate/fsdp*.yaml (distributed.py).
+    accelerator = make_accelerator(cfg, reference_cls)
+    set_seed(cfg.seed)
+    if before_loading is not None:
+        before_loading(accelerator)
+
+    tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.trust_remote_code)
+    datasets = data_lib.build_datasets(cfg.dataset, tokenizer, kind, cfg.model.eot_token)
+    log.info("data: %d train / %d eval %s rows; counts %s", len(datasets.train), len(datasets.eval), kind,
+             datasets.stats)
+
+    policy = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code,
+                        cfg.model.attn_implementation)
+    if cfg.model.gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    policy = reference_cls.prepare_policy(cfg.reference, policy)  # LoRA-wrapped for adapter_off
+
+    def every_batch() -> list[dict]:  # what a reference that scores the dataset once reads
+        rows = datasets.train + datasets.eval
+        return [collate(chunk, tokenizer.pad_token_id, kind)
+                for chunk in batches(rows, cfg.trainer.eval_batch_size, False, 0, True)]
+
+    reference = build_reference(
+        cfg.reference, cfg.model, policy, needs_reference, [t.spec.name for t in terms], accelerator.device,
+        batches=every_batch if reference_cls.needs_dataset_pass else None,
+        truncation={"max_length": cfg.dataset.max_length, "max_prompt_length": cfg.dataset.max_prompt_length},
+        share_prompt=cfg.trainer.share_prompt, precision=accelerator.autocast,
+        precision_name=str(accelerator.mixed_precision), param_dtype=fsdp_param_dtype(accelerator))
+    scorer = SequenceScorer(policy, share_prompt=cfg.trainer.share_prompt)
+    optimizer = make_optimizer(scorer.parameters(), cfg.optimizer)
+    per_epoch = steps_per_epoch(len(datasets.train), cfg, accelerator.num_processes)
+    total_steps = per_epoch * cfg.epochs
+    if cfg.trainer.max_steps > 0:
+        total_steps = min(total_steps, cfg.trainer.max_steps)
+    scheduler = make_scheduler(optimizer, cfg.optimizer, total_steps)
+    config = OmegaConf.to_container(cfg, resolve=True)
+
+    configure_fsdp(accelerator, policy)  # FSDP: one shard unit per decoder layer; float32 log-prob outputs
+    # The scheduler is stepped by hand once per optimizer step; accelerate's wrapper would step it once per
+    # process.
+    scorer, optimizer = accelerator.prepare(scorer, optimizer)
+    prepare_reference(accelerator, reference)  # ZeRO-3: partitioned for inference
+    distributed = describe(accelerator, scorer)
+    log.info("distributed: %s", distributed)
+    return TrainingSetup(cfg=cfg, config=config, run_dir=run_dir, accelerator=accelerator, tokenizer=tokenizer,
+                         datasets=datasets, kind=kind, terms=terms, needs=needs, scorer=scorer, reference=reference,
+                         optimizer=optimizer, scheduler=scheduler, steps_per_epoch=per_epoch,
+                         total_steps=total_steps, distributed=distributed)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Range checks the type schema cannot express; each names its key."""
+    # A required value (???) left unset, e.g. experiment=zephyr_ddpo without its SFT checkpoint.
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ConfigError(f"{', '.join(missing)}: required, but not set; give it on the command line "
+                          f"({missing[0]}=...)")
+    checks = [
+        (cfg.beta > 0, f"beta={cfg.beta}: must be > 0"),
+        (cfg.epochs >= 1, f"epochs={cfg.epochs}: must be >= 1"),
+        (cfg.optimizer.lr > 0, f"optimizer.lr={cfg.optimizer.lr}: must be > 0"),
+        (0 <= cfg.optimizer.warmup_ratio < 1, f"optimizer.warmup_ratio={cfg.optimizer.warmup_ratio}: must be in [0, 1)"),
+        (cfg.optimizer.max_grad_norm >= 0, f"optimizer.max_grad_norm={cfg.optimizer.max_grad_norm}: must be >= 0"),
+        (cfg.optimizer.name in ("adamw", "rmsprop"), f"optimizer.name={cfg.optimizer.name!r}: must be adamw or rmsprop"),
+        (cfg.optimizer.scheduler in ("linear", "cosine", "constant"),
+         f"optimizer.scheduler={cfg.optimizer.scheduler!r}: must be linear, cosine or constant"),
+        (cfg.trainer.batch_size >= 1, f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 1"),
+        (cfg.trainer.grad_accum >= 1, f"trainer.grad_accum={cfg.trainer.grad_accum}: must be >= 1"),
+        (cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every}: must be >= 0"),
+        (len(cfg.loss) > 0, "loss: no loss configured; pick one, e.g. loss=dpo"),
+        (cfg.trainer.on_nonfinite in ("stop", "skip"),
+         f"trainer.on_nonfinite={cfg.trainer.on_nonfinite!r}: must be stop or skip"),
+        (cfg.trainer.checkpoint_every >= 0, f"trainer.checkpoint_every={cfg.trainer.checkpoint_every}: must be >= 0"),
+        (cfg.trainer.keep_last >= 0, f"trainer.keep_last={cfg.trainer.keep_last}: must be >= 0"),
+        (cfg.logger.name in ("jsonl", "wandb"), f"logger.name={cfg.logger.name!r}: must be jsonl or wandb"),
+        (cfg.logger.mode in ("auto", "online", "offline", "disabled"),
+         f"logger.mode={cfg.logger.mode!r}: must be auto, online, offline or disabled"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def check_reference_fits(cfg: DictConfig, reference: type[Reference]) -> None:
+    """What ZeRO-3 (every rank holds a shard of the policy) cannot do with this run, refused up front."""
+    zero3 = cfg.deepspeed is not None and cfg.deepspeed.get("zero_optimization", {}).get("stage") == 3
+    if not zero3:
+        return
+    # TR-DPO's sync mixes the policy's weights into the reference; under ZeRO-3 each rank holds a shard.
+    if reference.moves_with_policy:
+        raise ConfigError(f"reference={reference.kind} is not supported with deepspeed=zero3 (the policy's weights "
+                          "are sharded); use zero2")
+    # The end-of-run benchmark generates on rank 0 alone; ZeRO-3 weights live on every rank.
+    if cfg.benchmark.name != "none":
+        raise ConfigError("benchmark: not run inside a deepspeed=zero3 training; set benchmark=none and run "
+                          "`python -m prefopt.evaluate` on the saved model")
+
+
+def build_loss_terms(cfg: DictConfig) -> list[LossTerm]:
+    losses.load_plugins(cfg.loss_modules)
+    terms = []
+    for name, entry in cfg.loss.items():
+        values = OmegaConf.to_container(entry, resolve=True) if entry is not None else {}
+        weight = float(values.pop("weight", 1.0))
+        spec = losses.get(name)
+        terms.append(LossTerm(spec, spec.make_hparams(values, where=f"loss.{name}"), weight, {}))
+    kinds = {t.spec.data for t in terms}
+    if "unpaired" in kinds and len(kinds) > 1:
+        raise ConfigError(f"loss: unpaired and paired losses cannot be combined ({', '.join(cfg.loss)})")
+    return terms
+
+
+def data_kind(terms: list[LossTerm]) -> str:
+    # SFT terms read only the chosen side, so they ride along with paired losses (MPO-style mixes).
+    kinds = {t.spec.data for t in terms}
+    return "unpaired" if "unpaired" in kinds else "paired" if "paired" in kinds else "sft"
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(params, ocfg):
+    if ocfg.name == "adamw":
+        # The fused kernel updates each tensor in one pass; on CPU the default multi-tensor (foreach) path
+        # took 3-5x longer for SmolLM2's 135M parameters (experiments/bench_dpo_speed.py, README).
+        return torch.optim.AdamW(params, lr=ocfg.lr, betas=tuple(ocfg.adam_betas), eps=ocfg.eps,
+                                 weight_decay=ocfg.weight_decay, fused=True)
+    return torch.optim.RMSprop(params, lr=ocfg.lr, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
+
+
+def make_scheduler(optimizer, ocfg, total_steps: int):
+    warmup = math.ceil(ocfg.warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = (step - warmup) / max(1, total_steps - warmup)
+        if ocfg.scheduler == "linear":
+            return max(0.0, 1.0 - progress)
+        if ocfg.scheduler == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
