@@ -6,18 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.losses.common import check_beta, unpaired_metrics
+from prefopt.losses.common import UnpairedOptions, unpaired_metrics
 from prefopt.losses.registry import LossOutput, UnpairedLogps, register_loss
 
 
 @dataclass
-class APOZeroUnpairedHparams:
-    beta: float = 0.1
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-
-    def validate(self) -> None:
-        check_beta(self.beta)
+class APOZeroUnpairedHparams(UnpairedOptions):
+    pass
 
 
 @register_loss(

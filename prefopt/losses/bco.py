@@ -7,18 +7,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from prefopt.losses.common import check_beta, global_sum_count, unpaired_metrics
+from prefopt.losses.common import UnpairedOptions, global_sum_count, unpaired_metrics
 from prefopt.losses.registry import LossOutput, UnpairedLogps, register_loss
 
 
 @dataclass
-class BCOHparams:
-    beta: float = 0.1
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-
-    def validate(self) -> None:
-        check_beta(self.beta)
+class BCOHparams(UnpairedOptions):
+    pass
 
 
 def update_baseline(state: dict, rewards: torch.Tensor, weights: torch.Tensor | None = None) -> None:

@@ -67,6 +67,20 @@ class FDivergenceOptions(RefPairOptions):
             raise ValueError(f"f_divergence: must be one of {', '.join(F_DIVERGENCES)}, got {self.f_divergence!r}")
 
 
+@dataclass
+class UnpairedOptions:
+    """What every unpaired loss (KTO, BCO, APO-zero unpaired) takes."""
+
+    beta: float = 0.1
+    # λ_D and λ_U: weights of desirable and undesirable rows, to correct an imbalanced dataset; the
+    # KTO paper's Eq. 8 asks for λ_D·n_D / (λ_U·n_U) in [1, 4/3].
+    desirable_weight: float = 1.0
+    undesirable_weight: float = 1.0
+
+    def validate(self) -> None:
+        check_beta(self.beta)
+
+
 def check_beta(beta: float) -> None:
     """β > 0, the one check every loss with a β shares (its value is the scale of the implicit reward)."""
     if beta <= 0:

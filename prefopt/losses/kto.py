@@ -6,20 +6,14 @@ from dataclasses import dataclass
 
 import torch
 
-from prefopt.losses.common import check_beta, global_sum_count, unpaired_metrics
+from prefopt.losses.common import UnpairedOptions, global_sum_count, unpaired_metrics
 from prefopt.losses.registry import LossOutput, UnpairedLogps, register_loss
 
 
 @dataclass
-class KTOHparams:
-    beta: float = 0.1
-    # λ_D and λ_U: weights of desirable and undesirable rows, to correct an imbalanced dataset; the
-    # paper's Eq. 8 asks for λ_D·n_D / (λ_U·n_U) in [1, 4/3].
-    desirable_weight: float = 1.0
-    undesirable_weight: float = 1.0
-
+class KTOHparams(UnpairedOptions):
     def validate(self) -> None:
-        check_beta(self.beta)
+        super().validate()
         if self.desirable_weight < 0 or self.undesirable_weight < 0:
             raise ValueError("desirable_weight/undesirable_weight: must be >= 0")
 
