@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from prefopt.trainer.distributed import step_plan
+from prefopt.trainer.batching import step_plan
 from tests.conftest import ROOT, TINY, compose, read_metrics, read_summary, run_cli
 
 # A learning rate that moves the tiny model visibly in 4 steps, so matching trajectories is not the
