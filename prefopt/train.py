@@ -18,6 +18,7 @@ import logging
 from pathlib import Path
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
 from prefopt.config import CONF_DIR, register_configs
@@ -30,8 +31,9 @@ log = logging.getLogger("prefopt.train")
 __all__ = ["ConfigError", "JobFailed", "cli", "main", "run"]
 
 
-class JobFailed(RuntimeError):
-    """A sweep job that stopped on a user error; its one-line message is what sweep.json records."""
+class JobFailed(CompactHydraException):
+    """A sweep job that stopped on a user error; its one-line message is what sweep.json records. Hydra prints
+    a compact exception as its message alone, after the failed job's overrides: no traceback."""
 
 
 register_configs()
