@@ -15,6 +15,7 @@ import time
 import pytest
 import yaml
 
+from prefopt.reference import kind_class
 from prefopt.trainer import checkpoint
 from prefopt.trainer.distributed import DistributedConfigError, check_fsdp_config
 from tests.conftest import ROOT, TINY, compose, read_metrics, read_summary, run_cli
@@ -44,9 +45,13 @@ def test_fsdp_accelerate_files():
     ("deepspeed=zero2", "deepspeed and FSDP"),
 ])
 def test_fsdp_refuses_what_cannot_work(override, phrase):
-    check_fsdp_config(compose(["model=tiny"]))  # the default run is fine
+    def check(overrides):
+        cfg = compose(overrides)
+        check_fsdp_config(cfg, kind_class(cfg.reference.kind))
+
+    check(["model=tiny"])  # the default run is fine
     with pytest.raises(DistributedConfigError, match=phrase):
-        check_fsdp_config(compose(["model=tiny", override]))
+        check(["model=tiny", override])
 
 
 def test_fsdp_refusal_is_one_line_before_loading_anything(tmp_path):
