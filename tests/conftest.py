@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from prefopt.config import CONF_DIR
+
 ROOT = Path(__file__).resolve().parent.parent
-CONF = ROOT / "conf"
+CONF = Path(CONF_DIR)  # the one place that knows where the configs are (checkout or installed copy)
 SHARED_DATA = Path(os.environ.get("PREFOPT_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
 # Overrides that make any run take seconds: the tiny model, a few steps, no generation benchmark.

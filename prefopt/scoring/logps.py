@@ -3,7 +3,7 @@
 ``SequenceScorer`` wraps a causal LM so that one forward returns, for each row, the sum of the
 log-probs of its completion tokens (prompt and padding masked) and the number of those tokens. Three
 things make it cheaper than the textbook ``log_softmax(model(x).logits)`` while giving the same numbers
-(``tests/test_logps_speed_paths.py`` checks each against ``completion_logps_from_logits`` to 1e-5):
+(``tests/scoring/test_logps_speed_paths.py`` checks each against ``completion_logps_from_logits`` to 1e-5):
 
 - **Head only where it is needed.** The decoder runs once; the vocabulary projection is applied only at
   the positions that predict a completion token, and the log-normalizer is a ``logsumexp`` over those
