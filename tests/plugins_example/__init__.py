@@ -1,1 +1,2 @@
-"""A user's own loss module, outside prefopt: the plug-in test trains with it via loss_modules=[...]."""
+"""A user's own plug-in modules, outside prefopt: a loss (my_losses) and a benchmark (my_benchmark), each
+loaded through loss_modules=[...]."""
