@@ -478,6 +478,9 @@ def convert(recipe: dict[str, Any], *, check: bool = True) -> Conversion:
         elif HANDLED[key][0] not in done:  # adam_beta1/adam_beta2 (and the two eval_strategy names) emit once
             done.add(HANDLED[key][0])
             pairs += HANDLED[key][0](value, recipe)
+    sinks = recipe.get("report_to")
+    if sinks not in (None, "none", "all", []) and not any(key == "logger" for key, _ in pairs):
+        out.ignored["report_to"] = f"no prefopt logger option for {sinks}; metrics.jsonl is always written"
     seen: dict[str, Any] = {}
     for key, value in pairs:
         seen[key] = value  # a later pair wins (constant's warmup_ratio=0 over warmup_ratio)
@@ -512,9 +515,9 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     try:
         recipe = yaml.safe_load(Path(path).read_text())
     except OSError as err:
-        raise FromTrlError(f"{path}: {err.strerror}") from None
+        raise FromTrlError(str(err.strerror)) from None
     except yaml.YAMLError as err:
-        raise FromTrlError(f"{path}: not valid YAML: {' '.join(str(err).split())}") from None
+        raise FromTrlError(f"not valid YAML: {' '.join(str(err).split())}") from None
     return recipe or {}
 
 

@@ -125,6 +125,12 @@ def test_loss_fields_go_to_the_loss_that_has_them():
         convert({"loss_type": "no_such_loss"}, check=False)
 
 
+def test_report_to_picks_a_prefopt_logger_or_says_it_has_none():
+    assert "logger=wandb" in convert({"report_to": ["wandb"]}, check=False).overrides
+    conversion = convert({"report_to": "comet_ml"}, check=False)
+    assert not any(o.startswith("logger=") for o in conversion.overrides) and "report_to" in conversion.ignored
+
+
 def test_a_mapping_to_a_key_prefopt_lacks_fails_at_conversion(monkeypatch):
     """Every conversion composes its overrides, so a renamed prefopt key cannot rot the table silently."""
     monkeypatch.setitem(from_trl.DIRECT, "learning_rate", ("optimizer.learning_rate", ""))
