@@ -147,10 +147,6 @@ def register_reference(kind: str):
     return decorate
 
 
-def kinds() -> list[str]:
-    return list(_KINDS)
-
-
 def kind_class(kind: str) -> type[Reference]:
     """The registered class of ``reference.kind``."""
     cls = _KINDS.get(kind)
