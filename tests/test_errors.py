@@ -109,3 +109,13 @@ def test_evaluate_cli_unknown_benchmark_is_one_line(finished_run):
     assert proc.returncode == 1
     one_error_line(proc.stderr, "prefopt.evaluate: ")
     assert "benchmark/nope" in proc.stderr and "sentiment" in proc.stderr
+
+
+def test_misspelled_benchmark_stops_before_training(tmp_path):
+    """It used to fail only after training, when the benchmark ran."""
+    from prefopt.train import run
+    from tests.conftest import compose
+
+    with pytest.raises(PrefoptError, match=r"benchmark.name='sentimnt': known: none, .*sentiment"):
+        run(compose(TINY + ["benchmark=sentiment", "benchmark.name=sentimnt"]), tmp_path / "run")
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -119,8 +119,11 @@ def evaluate_run(run_dir: str | Path, bcfg) -> dict:
     for name in ("config.yaml", "summary.json"):
         if not (run_dir / name).is_file():
             raise EvaluateError(f"run_dir={run_dir}: no {name}; is this a prefopt run directory?")
+    from prefopt import benchmarks
+
     judge = bcfg.get("judge")
-    if bcfg.name in ("mt_bench", "alpaca_eval") and (judge is None or judge.kind == "none"):
+    if (bcfg.name != "preference" and benchmarks.spec(bcfg.name).needs_judge
+            and (judge is None or judge.kind == "none")):
         raise EvaluateError(f"benchmark={bcfg.name} needs a judge: add judge=http or judge=local (conf/judge/)")
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
     model_dir = run_dir / "model"

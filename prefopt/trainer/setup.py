@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from prefopt import benchmarks, losses
 from prefopt import data as data_lib
-from prefopt import losses
 from prefopt.data.collate import collate
 from prefopt.errors import ConfigError
 from prefopt.models import load_model, load_tokenizer
@@ -108,7 +108,9 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     """Build the run. ``before_loading(accelerator)`` runs once the processes exist and before anything heavy
     loads (the loop resolves and validates a resume point there)."""
     check_config(cfg)
-    terms = build_loss_terms(cfg)
+    terms = build_loss_terms(cfg)  # imports the plug-in modules too (their losses and benchmarks)
+    if cfg.benchmark.name != "none":
+        benchmarks.spec(cfg.benchmark.name)  # a misspelled benchmark stops now, not after training
     kind = data_kind(terms)
     needs_reference = any(t.spec.needs_reference for t in terms)
     reference_cls = reference_class(cfg.reference, needs_reference, [t.spec.name for t in terms])
