@@ -98,6 +98,18 @@ class DatasetConfig:
     cache: bool = True
     # null = <PREFOPT_CACHE>/tokenized.
     cache_dir: str | None = None
+    # Pairs whose chosen and rejected completions are the same text carry no preference: false = paired
+    # losses drop them (counted filtered_identical, with a warning; the 'identical' filter is then redundant);
+    # true = keep them (counted identical_kept). SFT and unpaired losses are not affected.
+    keep_identical: bool = False
+    # Controlled label noise, in [0, 1): swap chosen and rejected in round-half-up(label_noise * n) of the n
+    # training pairs (never the eval pairs), picked with dataset.seed, so every loss and training seed of a
+    # study sees the same noisy pairs; counted label_noise_swapped, the swapped rows' index written to
+    # <run dir>/label_noise_rows.json.
+    label_noise: float = 0.0
+    # uniform: a seeded random subset of the pairs; near_ties: the pairs with the smallest gold score
+    # margin |score_chosen - score_rejected| (every training pair must carry both scores).
+    label_noise_mode: str = "uniform"
 
 
 @dataclass

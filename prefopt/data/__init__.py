@@ -23,6 +23,7 @@ from prefopt.data.filters import (
     register_filter,
     register_filter_set,
 )
+from prefopt.data.noise import apply_label_noise, check_settings, drop_identical_pairs
 from prefopt.data.registry import (
     DataError,
     UnknownDatasetError,
@@ -38,7 +39,7 @@ from prefopt.data.tokenize import EncodeSettings, TokenizeStats, encode_rows, en
 
 log = logging.getLogger(__name__)
 
-_NOT_LOADERS = {"registry", "tokenize", "filters", "collate", "cache"}
+_NOT_LOADERS = {"registry", "tokenize", "filters", "collate", "cache", "noise"}
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _NOT_LOADERS and not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
@@ -51,6 +52,9 @@ class Datasets:
     train: list[dict[str, Any]]
     eval: list[dict[str, Any]]
     stats: dict[str, dict[str, int]] = field(default_factory=dict)
+    # dataset.label_noise > 0: the rate, mode, seed, counts and swapped rows' ``index`` (written by the
+    # trainer as <run dir>/label_noise_rows.json); None otherwise.
+    label_noise: dict[str, Any] | None = None
 
 
 def to_kind(rows: list[dict], source_kind: str, kind: str, dataset: str) -> list[dict]:
@@ -136,10 +140,14 @@ def build_datasets(dcfg, tokenizer, kind: str, eot_token: str | None = None) -> 
 
     ``stats[split]`` ends up in ``summary.json["data"]["counts"]``: loader skips (``skipped_*``,
     ``completions_unscored``), filter drops (``filtered_<name>``), truncations (``truncated_prompt``,
-    ``truncated_<completion>``), drops (``dropped_completion_vanished``), ``rows_in``/``rows_kept`` and
-    ``tokenized_cache_hit``/``tokenized_cache_miss``.
+    ``truncated_<completion>``), drops (``dropped_completion_vanished``), ``rows_in``/``rows_kept``,
+    ``tokenized_cache_hit``/``tokenized_cache_miss``, identical pairs (``filtered_identical`` or
+    ``identical_kept``) and label noise (``label_noise_swapped`` of ``label_noise_pairs`` at
+    ``label_noise_rate``). Identical pairs and label noise are described in ``prefopt.data.noise``.
     """
     spec = get_dataset(dcfg.name)
+    filters = expand_filters(list(dcfg.filters))
+    check_settings(dcfg, filters, kind)
     counts: dict[str, Counter] = {"train": Counter(), "eval": Counter()}
     train_rows, eval_rows = split_rows(dcfg, counts)
     if dcfg.max_train_rows:
@@ -149,15 +157,17 @@ def build_datasets(dcfg, tokenizer, kind: str, eot_token: str | None = None) -> 
 
     settings = EncodeSettings(dcfg.max_length, dcfg.max_prompt_length, eot_token)
     eot = end_of_turn_token(tokenizer, eot_token)
-    filters = expand_filters(list(dcfg.filters))
     use_cache = getattr(dcfg, "cache", True)
     cache_dir = Path(getattr(dcfg, "cache_dir", None) or Path(_cache_root()) / "tokenized")
-    encoded = {}
+    encoded, normalized = {}, {}
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
         counts[split]["rows_loaded"] += len(rows)
         rows = apply_filters(rows, filters, counts[split])
+        if spec.kind == "paired" and kind == "paired":
+            rows = drop_identical_pairs(rows, getattr(dcfg, "keep_identical", False), counts[split], split)
         rows = to_kind(rows, spec.kind, kind, dcfg.name)
         rows = check_nonempty(rows, COMPLETION_KEYS[kind], counts[split], getattr(dcfg, "bad_rows", "error"))
+        normalized[split] = rows
         entry = None
         if use_cache:
             key = tokenized_cache.fingerprint(tokenizer, eot, settings, kind, rows)
@@ -181,7 +191,11 @@ def build_datasets(dcfg, tokenizer, kind: str, eot_token: str | None = None) -> 
             f"dataset {dcfg.name!r}: no training rows left after filtering and truncation "
             f"({dict(counts['train'])})"
         )
-    return Datasets(encoded["train"], encoded["eval"], {k: dict(sorted(v.items())) for k, v in counts.items()})
+    # After the cache, so that every noise rate and seed of a study shares one tokenized entry.
+    train, noise = encoded["train"], None
+    if getattr(dcfg, "label_noise", 0.0):
+        train, noise = apply_label_noise(train, normalized["train"], dcfg, counts["train"])
+    return Datasets(train, encoded["eval"], {k: dict(sorted(v.items())) for k, v in counts.items()}, noise)
 
 
 def _cache_root():
