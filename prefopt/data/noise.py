@@ -64,12 +64,12 @@ def drop_identical_pairs(rows: list[dict[str, Any]], keep: bool, counts: Counter
     some = ", ".join(str(r.get("index")) for r in identical[:5]) + (", ..." if len(identical) > 5 else "")
     if keep:
         counts["identical_kept"] += len(identical)
-        log.warning("data %s: %d pairs have identical chosen and rejected completions (rows %s) and carry no "
+        log.warning("data %s: %d pair(s) have identical chosen and rejected completions (rows %s) and carry no "
                     "preference; kept because dataset.keep_identical=true (counted identical_kept)",
                     split, len(identical), some)
         return rows
     counts["filtered_identical"] += len(identical)
-    log.warning("data %s: dropped %d pairs whose chosen and rejected completions are identical (rows %s): they "
+    log.warning("data %s: dropped %d pair(s) whose chosen and rejected completions are identical (rows %s): they "
                 "carry no preference (counted filtered_identical; dataset.keep_identical=true keeps them)",
                 split, len(identical), some)
     return [r for r in rows if not drop_identical(r)]

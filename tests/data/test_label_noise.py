@@ -142,7 +142,7 @@ def test_identical_pairs_are_counted_warned_and_dropped(tok, tmp_path, caplog):
     for split, rows in (("train", data.train), ("eval", data.eval)):
         assert [r["index"] for r in rows] == [i for i in range(12) if i not in IDENTICAL_ROWS]
         assert data.stats[split]["filtered_identical"] == 3 and data.stats[split]["rows_loaded"] == 12
-    assert "dropped 3 pairs whose chosen and rejected completions are identical (rows 3, 7, 10)" in caplog.text
+    assert "dropped 3 pair(s) whose chosen and rejected completions are identical (rows 3, 7, 10)" in caplog.text
     # The opt-in filter of older configs still works and the row is counted once, whichever dropped it.
     listed = build_datasets(pairs_file(tmp_path, filters=["empty", "identical"]), tok, "paired")
     assert listed.train == data.train and listed.stats == data.stats
