@@ -57,7 +57,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
         # A resumed run's log is cut back to its checkpoint: no line of the lost steps, none twice.
         checkpoint.truncate_metrics(run_dir / "metrics.jsonl", state.metrics_offset)
         atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(redact(s.config))))
-        if getattr(s.datasets, "label_noise", None):  # dataset.label_noise > 0: which training pairs were swapped
+        if s.datasets.label_noise:  # dataset.label_noise > 0: which training pairs were swapped
             atomic_write_json(run_dir / "label_noise_rows.json", s.datasets.label_noise)
     sinks = build_sinks(cfg.logger, run_dir, s.config, s.is_main, name=run_dir.name)
 
