@@ -75,6 +75,9 @@ def record(run_dir: Path, result: dict, step: int | None = None) -> dict:
     if summary.get("benchmark") is None or summary["benchmark"].get("name") == result["name"]:
         summary["benchmark"] = result
     atomic_write_json(summary_path, summary)
+    from prefopt.model_card import write_model_card
+
+    write_model_card(run_dir, summary)  # model/README.md shows the new benchmark (no-op without a saved model)
     writer = JsonlWriter(run_dir / "metrics.jsonl")
     try:
         writer.write({"split": "benchmark", "step": summary.get("steps") if step is None else step,

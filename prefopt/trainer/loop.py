@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from prefopt.benchmarks.runner import benchmark_trained_policy
 from prefopt.io import atomic_write_json, atomic_write_text
+from prefopt.model_card import write_model_card
 from prefopt.models import load_model, save_model_atomically
 from prefopt.sinks import build_sinks, install_log_redaction, redact
 from prefopt.trainer import checkpoint, faults
@@ -77,6 +80,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
                             resumed_from=state.path, hydra_choices=hydra_choices, wall_start=wall_start)
     if s.is_main:
         atomic_write_json(run_dir / "summary.json", redact(summary))
+        if cfg.trainer.save_model:  # the card reads the summary, so it is written after it
+            write_model_card(run_dir, redact(summary), redact(s.config))
     sinks.finish(summary)
     s.accelerator.end_training()
     return summary
@@ -84,11 +89,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
 
 def train(s: TrainingSetup, counters: RunCounters, start_step: int, last_checkpoint: Path | None, sinks) -> int:
     """Run the optimizer steps from ``start_step`` to ``s.total_steps``; returns the last step taken."""
-    from tqdm.auto import tqdm
-
     cfg = s.cfg
-    bar = tqdm(total=s.total_steps, initial=start_step, disable=not (s.is_main and cfg.trainer.progress_bar),
-               desc="train", dynamic_ncols=True)
+    progress = Progress(s.total_steps, start_step, s.is_main and cfg.trainer.progress_bar, cfg.trainer.log_every)
     step = start_step
     s.scorer.train()
     for epoch in range(cfg.epochs):
@@ -115,15 +117,14 @@ def train(s: TrainingSetup, counters: RunCounters, start_step: int, last_checkpo
             counters.last_train = record
             if step % cfg.trainer.log_every == 0 or step == s.total_steps:
                 sinks.log({"split": "train", **record})
-            bar.update(1)
-            bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record.get('rewards/accuracies', float('nan')):.2f}")
+            progress.update(step, record)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < s.total_steps:
                 counters.eval_metrics = heldout(s)
                 sinks.log({"split": "eval", "step": step, "epoch": record["epoch"], **counters.eval_metrics})
             if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 and step < s.total_steps:
                 last_checkpoint = checkpoint.save(s, step, counters, sinks.offset()) or last_checkpoint
             faults.maybe_kill(step)  # PREFOPT_INJECT_FAULT=kill:<step>, for the resume tests only
-    bar.close()
+    progress.close()
     return step
 
 
@@ -158,3 +159,47 @@ def trained_policy(s: TrainingSetup):
         # model that transformers and prefopt.evaluate load directly.
         policy = policy.merge_and_unload()
     return policy
+
+
+def log_interval(total_steps: int, log_every: int = 1, max_lines: int = 10) -> int:
+    """Steps between two progress lines when no bar is shown: the smallest multiple of ``trainer.log_every``
+    that keeps a run of ``total_steps`` to at most ``max_lines`` lines (plus the last step's)."""
+    log_every = max(1, log_every)
+    return log_every * max(1, math.ceil(total_steps / (max_lines * log_every)))
+
+
+class Progress:
+    """What a person watching sees per step: a tqdm bar when stderr is a terminal and this is a single run;
+    otherwise (CI logs, a file, multirun jobs sharing one terminal) an INFO line every ``log_interval`` steps,
+    which also lands in the run's train.log. ``enabled=False`` (trainer.progress_bar=false, other ranks): none."""
+
+    def __init__(self, total: int, initial: int, enabled: bool, log_every: int = 1) -> None:
+        self.total, self.bar, self.every = total, None, 0
+        if enabled and sys.stderr.isatty() and not _in_multirun():
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
+        elif enabled:
+            self.every = log_interval(total, log_every)
+
+    def update(self, step: int, record: dict) -> None:
+        acc = record.get("rewards/accuracies")
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{acc if acc is not None else float('nan'):.2f}")
+        elif self.every and (step % self.every == 0 or step == self.total):
+            log.info("step %d/%d loss %.4f%s %.3g pairs/s", step, self.total, record["loss"],
+                     f" acc {acc:.2f}" if acc is not None else "", record["pairs/s"])
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _in_multirun() -> bool:
+    """A job of a Hydra multirun: parallel jobs (hydra/launcher=local_parallel) inherit the terminal's stderr,
+    so their bars would interleave."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
