@@ -90,24 +90,22 @@ def write_model_card(run_dir: str | Path, summary: Mapping[str, Any] | None = No
 
 
 def tags(summary: Mapping[str, Any]) -> list[str]:
-    """``prefopt``, the loss names, and the TRL trainer a loss matches (``dpo`` for DPOTrainer's losses)."""
-    out = ["prefopt", *summary.get("losses", {})]
-    for name in summary.get("losses", {}):
-        trl = _trl_name(name)
-        if trl:
-            # "sigmoid" -> DPOTrainer; "kto (KTOTrainer)" -> KTOTrainer
-            match = re.search(r"\((\w+)Trainer\)", trl)
-            out.append(match.group(1).lower() if match else "dpo")
-    return list(dict.fromkeys(out))
-
-
-def _trl_name(loss: str) -> str | None:
+    """``prefopt``, the loss names, and the TRL trainer whose loss_type a loss is (the registry's ``trl_name``):
+    ``kto (KTOTrainer)`` -> ``kto``; a bare name is DPOTrainer's, ``dpo`` for preference pairs (not for sft)."""
     from prefopt import losses
 
-    try:
-        return losses.get(loss).trl_name
-    except (KeyError, LookupError):  # a plug-in loss not imported here
-        return None
+    out = ["prefopt", *summary.get("losses", {})]
+    for name in summary.get("losses", {}):
+        try:
+            spec = losses.get(name)
+        except KeyError:  # a plug-in loss not imported here
+            continue
+        trainer = re.search(r"\((\w+)Trainer\b", spec.trl_name or "")
+        if trainer:
+            out.append(trainer.group(1).lower())
+        elif spec.trl_name and spec.data == "paired":
+            out.append("dpo")
+    return list(dict.fromkeys(out))
 
 
 def _title(summary, config, base) -> str:
