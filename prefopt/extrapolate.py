@@ -4,8 +4,8 @@
     python -m prefopt.extrapolate run_dir=RUN alpha=0.3 benchmark=sentiment benchmark.num_prompts=64
     python -m prefopt.extrapolate run_dir=RUN alpha=0.5 benchmark=preference    # held-out rewards/*, logps/*
 
-Zheng et al. 2024, "Weak-to-Strong Extrapolation Expedites Alignment" (arXiv 2404.16792; the update of its method section): from the
-aligned model θ and the model θ_ref it was trained from,
+Zheng et al. 2024, "Weak-to-Strong Extrapolation Expedites Alignment" (arXiv 2404.16792, the ExPO update of
+its method section): from the aligned model θ and the model θ_ref it was trained from,
 
     θ_expo = θ + α (θ − θ_ref) = θ_ref + (1 + α)(θ − θ_ref),        α > -1
 
