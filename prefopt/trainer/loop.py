@@ -48,6 +48,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
         install_log_redaction()
         resume_from[0] = start_or_resume(cfg, run_dir, accelerator)
 
+    if not show_bars(cfg.trainer.progress_bar):
+        silence_library_bars()  # transformers' "Loading weights", datasets' map: frames too in CI logs
     s = build_setup(cfg, run_dir, before_loading)
     # Restored after prepare (sharded backends need the prepared model) and just before the loop, so the
     # restored RNG streams are not consumed by the set-up; the reference was built above from the initial
@@ -175,7 +177,7 @@ class Progress:
 
     def __init__(self, total: int, initial: int, enabled: bool, log_every: int = 1) -> None:
         self.total, self.bar, self.every = total, None, 0
-        if enabled and sys.stderr.isatty() and not _in_multirun():
+        if show_bars(enabled):
             from tqdm.auto import tqdm
 
             self.bar = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
@@ -194,6 +196,22 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+def show_bars(enabled: bool = True) -> bool:
+    """Progress bars only for a person at a terminal: stderr is a TTY and this is not a multirun job."""
+    return bool(enabled) and sys.stderr.isatty() and not _in_multirun()
+
+
+def silence_library_bars() -> None:
+    """Turn off the tqdm bars of transformers, datasets and huggingface_hub in this process."""
+    import datasets
+    import huggingface_hub.utils
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    huggingface_hub.utils.disable_progress_bars()
 
 
 def _in_multirun() -> bool:
