@@ -4,7 +4,8 @@
 a recomputing backward; ``SequenceScorer(chunk_rows=k)`` uses it when more than ``k`` completion tokens are
 scored. Against the unchunked path (``_token_logps`` of the whole head output, itself checked against full
 logits in ``test_logps_speed_paths.py``): values and gradients agree to 1e-9 in float64 and 1e-5 in
-float32, with chunk sizes (3, 7) that leave a ragged last chunk. The memory claim is checked without
+float32 (the tiny model's gradients: relative to the largest entry), with chunk sizes (3, 7) that leave a
+ragged last chunk. The memory claim is checked without
 timing or RSS: the sizes of the tensors saved for backward, seen through ``saved_tensors_hooks``.
 """
 
@@ -147,8 +148,11 @@ def test_tiny_model_chunked_equals_unchunked(tiny, batch, monkeypatch, dtype, sh
         assert torch.equal(got[1], want[1]) and torch.equal(got[3], want[3])  # lengths, token rows
         assert _maxdiff(got[0], want[0]) < TOL[dtype]  # sequence sums
         assert _maxdiff(got[2], want[2]) < TOL[dtype]  # per-token log-probs
-        for name, grad in want_grads.items():  # every parameter, the tied embedding/head included
-            assert _maxdiff(got_grads[name], grad) < TOL[dtype], name
+        # Every parameter, the tied embedding/head included. Gradients reach |31.7| here, so the bar is
+        # scaled by the largest entry where that exceeds 1 (float32 measured: 7.6e-6 absolute).
+        scale = max(1.0, max(float(g.abs().max()) for g in want_grads.values()))
+        for name, grad in want_grads.items():
+            assert _maxdiff(got_grads[name], grad) < TOL[dtype] * scale, name
     finally:
         model.zero_grad()
         model.to(torch.float32)
