@@ -201,7 +201,7 @@ def _benchmarks(summary) -> str:
 
 
 def _reproduce(summary, config) -> str:
-    overrides = [f"{group}={choice}" for group, choice in (summary.get("choices") or {}).items()
+    overrides = [f"{group}={_hydra_value(choice)}" for group, choice in (summary.get("choices") or {}).items()
                  if choice is not None and "/" not in group]
     values = {"beta": config.get("beta"), "epochs": config.get("epochs"), "seed": config.get("seed")}
     for section, keys in (("model", ("name_or_path",)),
@@ -212,11 +212,30 @@ def _reproduce(summary, config) -> str:
             value = (config.get(section) or {}).get(key)
             if value is not None or key.startswith("max_"):
                 values[f"{section}.{key}"] = value
+    values.update(_changed_loss_values(config))
     overrides += [f"{k}={_hydra_value(v)}" for k, v in values.items() if k in _flat_keys(config)]
     command = "python -m prefopt.train " + " ".join(shlex.quote(o) for o in overrides)
     return ("## Reproduce\n\n"
             "The config groups and key values of this run (its full resolved config is `../config.yaml`):\n\n"
             f"```bash\n{command}\n```\n")
+
+
+def _changed_loss_values(config) -> dict[str, Any]:
+    """``loss.<name>.<field>`` values that differ from the loss's registered defaults (beta: from the top-level
+    β), i.e. what the command line changed."""
+    from prefopt import losses
+
+    out = {}
+    for name, values in (config.get("loss") or {}).items():
+        try:
+            defaults = next(r["hparams"] for r in losses.available() if r["name"] == losses.get(name).name)
+        except (KeyError, StopIteration):  # a plug-in loss not imported here: every value
+            defaults = {}
+        defaults = {**defaults, "beta": config.get("beta"), "weight": 1.0}
+        for key, value in (values or {}).items():
+            if key not in defaults or value != defaults[key]:
+                out[f"loss.{name}.{key}"] = value
+    return out
 
 
 def _flat_keys(config, prefix="") -> set[str]:

@@ -81,6 +81,18 @@ def test_reproduce_command_composes_to_the_same_values():
     assert cfg.optimizer.lr == 1e-5 and cfg.trainer.batch_size == 4
 
 
+def test_reproduce_command_carries_changed_loss_values_of_combined_losses():
+    config = copy.deepcopy(CONFIG)
+    config["loss"] = {"dpo": {"beta": 0.1, "label_smoothing": 0.2, "weight": 0.8},
+                      "sft": {"beta": 0.1, "nll_average": "sequence", "weight": 0.2}}
+    summary = {**SUMMARY, "choices": {**SUMMARY["choices"], "loss": ["dpo", "sft"]}}
+    argv = shlex.split(model_card(summary, config).split("```bash\n")[1].split("\n```")[0])
+    assert "loss=[dpo,sft]" in argv and "loss.dpo.label_smoothing=0.2" in argv
+    assert not [a for a in argv if a.startswith(("loss.dpo.beta", "loss.sft.nll_average"))]  # unchanged
+    cfg = compose(argv[3:])
+    assert cfg.loss.dpo.weight == 0.8 and cfg.loss.sft.weight == 0.2 and cfg.loss.dpo.label_smoothing == 0.2
+
+
 def test_no_benchmark_failed_benchmark_and_added_benchmarks():
     summary = copy.deepcopy(SUMMARY)
     summary["benchmark"] = None
