@@ -121,6 +121,26 @@ def test_bfloat16_keeps_dtypes_and_upcasts_logits():
     assert _maxdiff(got_grads[1].float(), want_grads[1].float()) < 0.05 * float(want_grads[1].abs().max())
 
 
+def test_autocast_bfloat16_matches_autograd():
+    # Under autocast the head's matmul runs in bf16 on float32 weights; backward must recompute in bf16
+    # and hand float32 gradients back, as autograd's casts do.
+    g = torch.Generator().manual_seed(6)
+    h = torch.randn(23, 8, generator=g).requires_grad_()
+    w = torch.randn(50, 8, generator=g).requires_grad_()
+    b = torch.randn(50, generator=g).requires_grad_()
+    targets = torch.randint(50, (23,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want = _token_logps(F.linear(h, w, b), targets)
+        got = chunked_token_logps(h, w, b, targets, 7)
+    want_grads = torch.autograd.grad(want.sum(), (h, w, b))
+    got_grads = torch.autograd.grad(got.sum(), (h, w, b))
+    assert torch.equal(got, want)
+    assert [x.dtype for x in got_grads] == [torch.float32] * 3
+    assert torch.equal(got_grads[0], want_grads[0])
+    for x, y in zip(got_grads[1:], want_grads[1:], strict=True):  # bf16 chunk partials summed in float32
+        assert _maxdiff(x, y) < 0.05 * float(y.abs().max())
+
+
 def _score_and_grads(model, batch, share, chunk_rows, return_tokens=False):
     model.zero_grad()
     scorer = SequenceScorer(model, share_prompt=share, chunk_rows=chunk_rows)
