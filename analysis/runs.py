@@ -48,14 +48,12 @@ def find_run_dirs(paths: str | os.PathLike | list) -> list[Path]:
     for root in map(Path, paths):
         if not root.exists():
             raise FileNotFoundError(f"{root}: no such run or sweep directory")
-        if _is_run_dir(root):
-            found.append(root)
-            continue
         for dirpath, dirnames, _ in os.walk(root):
             dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in ("model", "checkpoints"))
             if _is_run_dir(Path(dirpath)):
                 found.append(Path(dirpath))
-                dirnames[:] = []  # a run's subfolders are its own
+                # A run's subfolders are its own, except the runs `prefopt.extrapolate` derived from it.
+                dirnames[:] = [d for d in dirnames if d == "expo"]
     return found
 
 
@@ -106,6 +104,9 @@ def _run_row(run_dir: Path, sweep_jobs: dict) -> dict[str, Any]:
         "lr": (config.get("optimizer") or {}).get("lr"),
         "max_steps": (config.get("trainer") or {}).get("max_steps"),
     }
+    if config.get("expo"):  # a model extrapolated from a finished run (prefopt.extrapolate)
+        row["expo_alpha"] = config["expo"].get("alpha")
+        row["expo_source"] = config["expo"].get("source_run")
     for name, hparams in losses.items():
         row.update(_scalars(f"loss.{name}.", hparams))
     overrides = run_dir / ".hydra" / "overrides.yaml"

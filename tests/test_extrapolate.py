@@ -105,9 +105,11 @@ def test_each_alpha_is_a_run_directory(finished_run, expo):
     assert len(runs) == 2 and set(runs["status"]) == {"completed"} and runs.attrs["skipped"] == []
     assert set(runs["loss"]) == {"dpo"} and set(runs["model"]) == {"tiny"}
     assert runs["sentiment/delta"].notna().all() and runs["sentiment/kl_estimate"].notna().all()
-    # analysis/runs.py has no column for summary tags yet; each row's α is one read away, by its run_dir.
-    alphas = sorted(read_summary(Path(d))["tags"]["expo_alpha"] for d in runs["run_dir"])
-    assert alphas == [0.0, 1.0]
+    assert sorted(runs["expo_alpha"]) == [0.0, 1.0]
+    assert set(runs["expo_source"]) == {str(finished_run.resolve())}
+    # From the source run, the walk finds the run itself and the runs extrapolated from it.
+    both = load_runs(finished_run)
+    assert len(both) == 3 and sorted(both["expo_alpha"].dropna()) == [0.0, 1.0]
 
 
 def copy_run(finished_run: Path, tmp_path: Path, *, model: bool = True) -> Path:

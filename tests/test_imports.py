@@ -23,9 +23,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TREES = ("prefopt", "analysis", "hydra_plugins")
-ENTRY_POINTS = ("prefopt.train", "prefopt.evaluate")
+ENTRY_POINTS = ("prefopt.train", "prefopt.evaluate", "prefopt.extrapolate")
 LOSSES_MAY_IMPORT = ("prefopt.errors",)
-ANALYSIS_MAY_NOT_IMPORT = ("prefopt.train", "prefopt.trainer", "prefopt.evaluate")
+ANALYSIS_MAY_NOT_IMPORT = ("prefopt.train", "prefopt.trainer", "prefopt.evaluate", "prefopt.extrapolate")
 
 
 @dataclass(frozen=True)
