@@ -175,6 +175,11 @@ class TrainerConfig:
     group_by_length: bool = True
     # Run each pair's prompt once for chosen and rejected (packed rows, block attention mask).
     share_prompt: bool = True
+    # Above this many completion tokens in one forward, the vocabulary projection and its log-sum-exp run over
+    # chunks of this many tokens (prefopt/scoring/logps.py), so memory no longer grows with tokens x vocabulary
+    # (SmolLM2: 4096 tokens of float32 logits are 0.8 GB). At or below it the unchunked path runs unchanged;
+    # the default keeps short-row runs bit-identical. Real-length runs: 256-1024.
+    logps_chunk_rows: int = 4096
     # Write a resumable checkpoint (model, optimizer, scheduler, RNG, data position, metrics offset) every
     # N optimizer steps into <run_dir>/checkpoints/; 0 = none.
     checkpoint_every: int = 0

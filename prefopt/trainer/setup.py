@@ -146,8 +146,9 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
         batches=every_batch if reference_cls.needs_dataset_pass else None,
         truncation={"max_length": cfg.dataset.max_length, "max_prompt_length": cfg.dataset.max_prompt_length},
         share_prompt=cfg.trainer.share_prompt, precision=accelerator.autocast,
-        precision_name=str(accelerator.mixed_precision), param_dtype=fsdp_param_dtype(accelerator))
-    scorer = SequenceScorer(policy, share_prompt=cfg.trainer.share_prompt)
+        precision_name=str(accelerator.mixed_precision), param_dtype=fsdp_param_dtype(accelerator),
+        chunk_rows=cfg.trainer.logps_chunk_rows)
+    scorer = SequenceScorer(policy, share_prompt=cfg.trainer.share_prompt, chunk_rows=cfg.trainer.logps_chunk_rows)
     optimizer = make_optimizer(scorer.parameters(), cfg.optimizer)
     per_epoch = steps_per_epoch(len(datasets.train), cfg, accelerator.num_processes)
     total_steps = per_epoch * cfg.epochs
@@ -188,6 +189,7 @@ def check_config(cfg: DictConfig) -> None:
         (cfg.trainer.batch_size >= 1, f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 1"),
         (cfg.trainer.grad_accum >= 1, f"trainer.grad_accum={cfg.trainer.grad_accum}: must be >= 1"),
         (cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every}: must be >= 0"),
+        (cfg.trainer.logps_chunk_rows >= 1, f"trainer.logps_chunk_rows={cfg.trainer.logps_chunk_rows}: must be >= 1"),
         (len(cfg.loss) > 0, "loss: no loss configured; pick one, e.g. loss=dpo"),
         (cfg.trainer.on_nonfinite in ("stop", "skip"),
          f"trainer.on_nonfinite={cfg.trainer.on_nonfinite!r}: must be stop or skip"),
