@@ -7,7 +7,8 @@
 - ``batching.py``: which examples go into which micro-batch, step and process.
 - ``evaluation.py``: held-out loss and rewards. ``counters.py``: the run's running totals.
 - ``summary.py``: summary.json. ``distributed.py``: DDP / DeepSpeed / FSDP plumbing.
-  ``faults.py``: non-finite steps and the fault injection the resume tests use.
+  ``faults.py``: non-finite steps and the fault injection the resume tests use. ``progress.py``: the bar or log
+  lines a person watching sees.
 
 This package's ``__init__`` imports nothing, so that ``prefopt.benchmarks.runner`` can use the held-out
 evaluation without importing the loop (which imports the runner).

@@ -8,8 +8,8 @@ import re
 
 import pytest
 
-from prefopt.trainer import loop
-from prefopt.trainer.loop import Progress, log_interval
+from prefopt.trainer import progress as progress_module
+from prefopt.trainer.progress import Progress, log_interval
 from tests.conftest import TINY, run_cli
 
 RECORD = {"loss": 0.41, "rewards/accuracies": 0.75, "pairs/s": 1.2}
@@ -52,7 +52,7 @@ def test_terminal_shows_the_bar_but_not_in_a_multirun(monkeypatch, caplog):
     progress = Progress(5, 0, enabled=True)
     assert progress.bar is not None and lines_logged(progress, 5, caplog) == []
     assert "5/5" in terminal.getvalue()
-    monkeypatch.setattr(loop, "_in_multirun", lambda: True)  # parallel jobs share the terminal
+    monkeypatch.setattr(progress_module, "_in_multirun", lambda: True)  # parallel jobs share the terminal
     assert Progress(5, 0, enabled=True).bar is None
 
 
