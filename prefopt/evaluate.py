@@ -23,33 +23,12 @@ import json
 import logging
 import sys
 
-from omegaconf import DictConfig, OmegaConf
-
-from prefopt.benchmarks.runner import EvaluateError, evaluate_run
-from prefopt.config import CONF_DIR
-from prefopt.errors import ConfigError, PrefoptError
+from prefopt.benchmarks.runner import EvaluateError, benchmark_config, evaluate_run
+from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.evaluate")
 
-__all__ = ["EvaluateError", "compose_benchmark", "main"]
-
-
-def compose_benchmark(overrides: list[str]) -> DictConfig:
-    """The ``benchmark`` node `prefopt.train` would build from the same overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from prefopt.config import register_configs
-
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        # An unknown benchmark/judge option or a misspelled key: Hydra's message names it and the options.
-        raise ConfigError(" ".join(str(err).split())) from None
-    return cfg.benchmark
+__all__ = ["EvaluateError", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,15 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(run_dirs) != 1 or any(a in ("-h", "--help") for a in argv):
         print("usage: python -m prefopt.evaluate run_dir=RUN benchmark=NAME [overrides...]", file=sys.stderr)
         return 2
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("benchmark=")]
     try:
-        if names == ["preference"]:
-            bcfg = OmegaConf.create({"name": "preference"})
-        else:
-            bcfg = compose_benchmark(overrides)
-            if bcfg.name == "none":
-                raise EvaluateError("benchmark=none: name a benchmark (sentiment, mt_bench, alpaca_eval, preference)")
-        result = evaluate_run(run_dirs[0], bcfg)
+        result = evaluate_run(run_dirs[0], benchmark_config(overrides))
     except PrefoptError as err:
         print(f"prefopt.evaluate: {err}", file=sys.stderr)
         return 1

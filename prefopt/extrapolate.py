@@ -50,8 +50,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt.config import CONF_DIR
-from prefopt.errors import ConfigError, PrefoptError
+from prefopt.benchmarks.runner import benchmark_config
+from prefopt.errors import PrefoptError
 
 log = logging.getLogger("prefopt.extrapolate")
 
@@ -84,33 +84,6 @@ def parse_alphas(values: list[str]) -> list[float]:
             raise ExtrapolateError(f"alpha={values[0]}: {alpha} given twice")
         alphas.append(alpha)
     return alphas
-
-
-def compose_benchmark(overrides: list[str]) -> DictConfig:
-    """The ``benchmark`` node `prefopt.train` would build from the same overrides (as `prefopt.evaluate`)."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from prefopt.config import register_configs
-
-    names = [o.split("=", 1)[1] for o in overrides if o.startswith("benchmark=")]
-    if names == ["preference"]:
-        return OmegaConf.create({"name": "preference"})
-    register_configs()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(" ".join(str(err).split())) from None
-    if cfg.benchmark.name == "none":
-        raise ExtrapolateError("benchmark=none: name a benchmark (sentiment, mt_bench, alpaca_eval, preference)")
-    from prefopt import benchmarks
-
-    judge = cfg.benchmark.get("judge")
-    if benchmarks.spec(cfg.benchmark.name).needs_judge and (judge is None or judge.kind == "none"):
-        raise ExtrapolateError(f"benchmark={cfg.benchmark.name} needs a judge: add judge=http or judge=local")
-    return cfg.benchmark
 
 
 def check_source(run_dir: Path) -> tuple[DictConfig, dict]:
@@ -256,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         if len(run_dirs) != 1:
             raise ExtrapolateError(f"run_dir: {'missing' if not run_dirs else 'given more than once'}; {USAGE}")
         parsed = parse_alphas(alphas)
-        bcfg = compose_benchmark(overrides)
+        bcfg = benchmark_config(overrides)
         results = extrapolate_run(run_dirs[0], parsed, bcfg)
     except PrefoptError as err:
         print(f"prefopt.extrapolate: {err}", file=sys.stderr)

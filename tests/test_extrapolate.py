@@ -170,6 +170,7 @@ def test_failed_alpha_leaves_earlier_alphas_whole_and_nothing_of_itself(finished
     """The benchmark of the second α fails: the first α's directory is complete, the second's does not exist."""
     from prefopt import extrapolate as expo_module
     from prefopt.benchmarks import runner
+    from prefopt.benchmarks.runner import benchmark_config
     from prefopt.errors import PrefoptError
 
     run_dir = copy_run(finished_run, tmp_path)
@@ -183,7 +184,7 @@ def test_failed_alpha_leaves_earlier_alphas_whole_and_nothing_of_itself(finished
 
     monkeypatch.setattr(runner, "run_benchmark", flaky)
     with pytest.raises(PrefoptError, match="judge went away"):
-        expo_module.extrapolate_run(run_dir, [0.5, 2.0], expo_module.compose_benchmark(SENTIMENT))
+        expo_module.extrapolate_run(run_dir, [0.5, 2.0], benchmark_config(SENTIMENT))
     assert sorted(p.name for p in (run_dir / "expo").iterdir()) == ["alpha=0.5"]
     done = run_dir / "expo" / "alpha=0.5"
     assert json.loads((done / "summary.json").read_text())["benchmark"] == {"name": "sentiment", "delta": 0.5}

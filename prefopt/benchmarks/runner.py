@@ -23,6 +23,42 @@ class EvaluateError(PrefoptError, ValueError):
     pass
 
 
+def benchmark_config(overrides: list[str]):
+    """The ``benchmark`` node `prefopt.train` would build from the same overrides, for the command lines that
+    benchmark a finished run (``prefopt.evaluate``, ``prefopt.extrapolate``). ``benchmark=preference`` (the
+    held-out preference metrics again) needs no config; ``none`` and a judged benchmark without a judge are
+    refused before anything loads."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from prefopt.config import CONF_DIR, register_configs
+
+    if [o.split("=", 1)[1] for o in overrides if o.startswith("benchmark=")] == ["preference"]:
+        return OmegaConf.create({"name": "preference"})
+    register_configs()
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as err:
+        # An unknown benchmark/judge option or a misspelled key: Hydra's message names it and the options.
+        raise ConfigError(" ".join(str(err).split())) from None
+    if cfg.benchmark.name == "none":
+        raise EvaluateError("benchmark=none: name a benchmark (sentiment, mt_bench, alpaca_eval, preference)")
+    check_judge(cfg.benchmark)
+    return cfg.benchmark
+
+
+def check_judge(bcfg) -> None:
+    """A benchmark that needs a judge (the registry says which) refuses to start without one."""
+    from prefopt import benchmarks
+
+    judge = bcfg.get("judge")
+    if (bcfg.name != "preference" and benchmarks.spec(bcfg.name).needs_judge
+            and (judge is None or judge.kind == "none")):
+        raise EvaluateError(f"benchmark={bcfg.name} needs a judge: add judge=http or judge=local (conf/judge/)")
+
+
 def load_reference_model(run_cfg, device=None):
     """The model the run started from: the reference checkpoint, else the initial policy."""
     from prefopt.models import load_model
@@ -122,12 +158,7 @@ def evaluate_run(run_dir: str | Path, bcfg) -> dict:
     for name in ("config.yaml", "summary.json"):
         if not (run_dir / name).is_file():
             raise EvaluateError(f"run_dir={run_dir}: no {name}; is this a prefopt run directory?")
-    from prefopt import benchmarks
-
-    judge = bcfg.get("judge")
-    if (bcfg.name != "preference" and benchmarks.spec(bcfg.name).needs_judge
-            and (judge is None or judge.kind == "none")):
-        raise EvaluateError(f"benchmark={bcfg.name} needs a judge: add judge=http or judge=local (conf/judge/)")
+    check_judge(bcfg)
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
     model_dir = run_dir / "model"
     if not (model_dir / "config.json").is_file():
