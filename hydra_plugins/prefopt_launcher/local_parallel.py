@@ -8,12 +8,20 @@ the OOM killer) breaks the pool, so every job not yet finished is lost and the s
 that dies is recorded as failed with the signal that ended it (Hydra's ``on_job_end`` callbacks run for it in
 the launcher, so ``sweep.json`` says so), and the other jobs go on. A fresh interpreter per job also means no
 state (threads, CUDA context, torch settings) leaks from one job into the next.
+
+GPUs: ``hydra.launcher.gpus_per_job=N`` gives each running job its own N devices through
+``CUDA_VISIBLE_DEVICES``, taken from the devices this launcher sees (an outer ``CUDA_VISIBLE_DEVICES`` is
+respected: its entries are what gets divided). At most ``devices // N`` jobs run at once, whatever ``n_jobs``
+says, so two jobs never share a device; the others wait for a slice to come free. 0 (the default) leaves the
+environment alone: every job sees every device.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
+import queue
 import signal
 import threading
 from collections.abc import Sequence
@@ -22,11 +30,18 @@ from pathlib import Path
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, run_job, setup_globals
+from hydra.errors import CompactHydraException
 from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from prefopt.errors import ConfigError
+
 log = logging.getLogger(__name__)
+
+
+class LauncherConfigError(ConfigError, CompactHydraException):
+    """A launcher setting that cannot work; Hydra prints a compact exception as its one-line message."""
 
 
 class JobKilled(RuntimeError):
@@ -41,8 +56,32 @@ def _job_config(hydra_context: HydraContext, config: DictConfig, overrides: Sequ
     return sweep_config
 
 
-def _child(payload: bytes, conn) -> None:
+def visible_devices() -> list[str]:
+    """The CUDA devices this process may hand out: an outer CUDA_VISIBLE_DEVICES's entries (indices or UUIDs,
+    as given), else the indices of every device torch counts."""
+    outer = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if outer is not None:
+        return [d.strip() for d in outer.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def device_slices(gpus_per_job: int, devices: list[str]) -> list[str]:
+    """Disjoint CUDA_VISIBLE_DEVICES values of ``gpus_per_job`` devices each; leftover devices stay idle."""
+    if gpus_per_job > len(devices):
+        raise LauncherConfigError(
+            f"hydra.launcher.gpus_per_job={gpus_per_job}: only {len(devices)} CUDA device(s) visible"
+            f"{' (CUDA_VISIBLE_DEVICES=' + os.environ['CUDA_VISIBLE_DEVICES'] + ')' if 'CUDA_VISIBLE_DEVICES' in os.environ else ''}")
+    return [",".join(devices[i:i + gpus_per_job])
+            for i in range(0, len(devices) - gpus_per_job + 1, gpus_per_job)]
+
+
+def _child(payload: bytes, conn, cuda_devices: str | None = None) -> None:
     """Entry point of a job's process: run the job the way Hydra's own launchers do, send back its JobReturn."""
+    if cuda_devices is not None:
+        # Before unpickling the task, whose imports may initialise CUDA.
+        os.environ["CUDA_VISIBLE_DEVICES"] = cuda_devices
     import cloudpickle
     from hydra.core.hydra_config import HydraConfig
 
@@ -73,10 +112,13 @@ def _signal_name(exitcode: int | None) -> str:
 
 
 class LocalParallelLauncher(Launcher):
-    def __init__(self, n_jobs: int = 2, start_method: str = "spawn") -> None:
+    def __init__(self, n_jobs: int = 2, start_method: str = "spawn", gpus_per_job: int = 0) -> None:
         if int(n_jobs) < 1:
             raise ValueError(f"hydra.launcher.n_jobs must be >= 1, got {n_jobs}")
+        if int(gpus_per_job) < 0:
+            raise ValueError(f"hydra.launcher.gpus_per_job must be >= 0, got {gpus_per_job}")
         self.n_jobs = int(n_jobs)
+        self.gpus_per_job = int(gpus_per_job)
         # spawn: a forked child would inherit the launcher's threads and torch state.
         self.start_method = start_method
         self.config: DictConfig | None = None
@@ -94,10 +136,22 @@ class LocalParallelLauncher(Launcher):
         assert self.config is not None and self.hydra_context is not None and self.task_function is not None
         setup_globals()
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        # Checked before any job starts (or the sweep directory is made).
+        slices: queue.Queue | None = None
+        n_jobs = self.n_jobs
+        if self.gpus_per_job:
+            free = device_slices(self.gpus_per_job, visible_devices())
+            if len(free) < n_jobs:
+                log.info("hydra.launcher.gpus_per_job=%d: %d device slice(s), so %d jobs run at once, not %d",
+                         self.gpus_per_job, len(free), len(free), n_jobs)
+                n_jobs = len(free)
+            slices = queue.Queue()
+            for devices in free:
+                slices.put(devices)
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         sweep_dir.mkdir(parents=True, exist_ok=True)
         log.info("Launching %d jobs, %d at a time, each in its own process; sweep output dir: %s",
-                 len(job_overrides), self.n_jobs, sweep_dir)
+                 len(job_overrides), n_jobs, sweep_dir)
         for idx, overrides in enumerate(job_overrides):
             log.info("\t#%d : %s", initial_job_idx + idx, " ".join(filter_overrides(overrides)))
         singleton_state = Singleton.get_state()
@@ -106,24 +160,30 @@ class LocalParallelLauncher(Launcher):
         def run_one(idx: int, overrides: Sequence[str]) -> JobReturn:
             payload = cloudpickle.dumps((idx, list(overrides), self.hydra_context, self.config,
                                          self.task_function, singleton_state))
+            # Never blocks: at most as many jobs run as there are slices, and each gives its own back.
+            devices = slices.get() if slices is not None else None
             receive, send = context.Pipe(duplex=False)
-            process = context.Process(target=_child, args=(payload, send), name=f"prefopt-job-{idx}")
-            process.start()
-            self._live.add(process)
-            send.close()  # so that recv sees EOF when the child dies without sending
+            process = context.Process(target=_child, args=(payload, send, devices), name=f"prefopt-job-{idx}")
             try:
-                data = receive.recv_bytes()
-            except EOFError:
-                data = None
+                process.start()
+                self._live.add(process)
+                send.close()  # so that recv sees EOF when the child dies without sending
+                try:
+                    data = receive.recv_bytes()
+                except EOFError:
+                    data = None
+                finally:
+                    process.join()
+                    self._live.discard(process)
+                    receive.close()
             finally:
-                process.join()
-                self._live.discard(process)
-                receive.close()
+                if slices is not None:
+                    slices.put(devices)
             if data is not None:
                 return cloudpickle.loads(data)
             return self._killed(idx, overrides, process)
 
-        with ThreadPoolExecutor(max_workers=self.n_jobs, thread_name_prefix="prefopt-launcher") as pool:
+        with ThreadPoolExecutor(max_workers=n_jobs, thread_name_prefix="prefopt-launcher") as pool:
             futures = [pool.submit(run_one, initial_job_idx + i, o) for i, o in enumerate(job_overrides)]
             try:
                 return [future.result() for future in futures]
