@@ -1,0 +1,201 @@
+"""The statistics of a study: a crossed (seed x prompt) cluster bootstrap, paired differences, Holm's
+correction, variance components, the minimum detectable difference and the design a target needs.
+
+Everything here is a pure function over numpy arrays. A condition's per-item measurements are first
+averaged into a cell per (seed, prompt): an array ``X`` of shape (conditions, seeds, prompts), NaN where a
+cell is missing (a failed run, a prompt a run did not score). The sampled completions of a prompt stay
+together inside their cell, so pairing two conditions on (seed, prompt_id) pairs their samples too.
+
+The bootstrap (Owen 2007, "The pigeonhole bootstrap", Ann. Appl. Stat. 1(2)): each replicate draws seeds
+with replacement, then prompts with replacement, and the one prompt draw applies to every seed, because
+the prompts are the same in every seed (seeds and prompts are crossed factors, not nested ones). All
+conditions share a replicate's draws, so any difference between conditions is a paired one. A draw is a
+pair of count vectors (``ws`` over seeds, ``wp`` over prompts), and a condition's replicate mean is
+``sum_sp ws[s] X[s,p] wp[p] / sum_sp ws[s] M[s,p] wp[p]`` with ``M`` the mask of present cells.
+
+For y[s,p] = mu + a_s + b_p + e_sp the variance of the grand mean is
+``sigma_s^2/S + sigma_p^2/P + sigma_e^2/(S P)`` (``design_se``); the pigeonhole bootstrap's is about
+``sigma_s^2/S + sigma_p^2/P + 3 sigma_e^2/(S P)``, so it errs on the wide side when the cell noise
+dominates. With few seeds the seed term goes the other way: a percentile bootstrap over S clusters shrinks
+their variance by (S-1)/S and ignores the t-distribution's tails; ``docs/study.md`` gives the measured
+false-positive rates of both regimes.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from scipy import stats as scipy_stats
+
+POWER = 0.8
+ALPHA = 0.05
+
+
+def z_sum(alpha: float = ALPHA, power: float = POWER) -> float:
+    """z_{1-alpha/2} + z_{power}: 1.95996 + 0.84162 = 2.80158 for a two-sided 5% test at 80% power."""
+    return float(scipy_stats.norm.ppf(1 - alpha / 2) + scipy_stats.norm.ppf(power))
+
+
+def bootstrap_draws(n_seeds: int, n_prompts: int, replicates: int, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Count vectors of ``replicates`` crossed draws: seeds (B, S) and prompts (B, P), each row summing to
+    S (resp. P). One seed gives all-ones seed counts: its variance cannot be estimated and is not."""
+    if replicates < 1:
+        raise ValueError(f"bootstrap replicates={replicates}, must be >= 1")
+    ws = rng.multinomial(n_seeds, np.full(n_seeds, 1.0 / n_seeds), size=replicates).astype(float)
+    wp = rng.multinomial(n_prompts, np.full(n_prompts, 1.0 / n_prompts), size=replicates).astype(float)
+    return ws, wp
+
+
+def weighted_means(X: np.ndarray, ws: np.ndarray, wp: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Each replicate's mean over present cells of each condition: X (C, S, P) -> (B, C); NaN when a
+    replicate drew no present cell of a condition. ``ws``/``wp`` of ones give the plain cell mean."""
+    X = np.asarray(X, dtype=float)
+    if X.ndim == 2:
+        return weighted_means(X[None], ws, wp, chunk)[:, 0]
+    present = np.isfinite(X)
+    values = np.where(present, X, 0.0)
+    mask = present.astype(float)
+    out = np.empty((ws.shape[0], X.shape[0]))
+    for start in range(0, ws.shape[0], chunk):  # (chunk, C, P) intermediates, not (B, C, P)
+        a, b = ws[start:start + chunk], wp[start:start + chunk]
+        num = np.einsum("csp,bp->bcs", values, b)
+        den = np.einsum("csp,bp->bcs", mask, b)
+        num, den = np.einsum("bcs,bs->bc", num, a), np.einsum("bcs,bs->bc", den, a)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out[start:start + chunk] = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+    return out
+
+
+def seed_means(Y: np.ndarray, ws: np.ndarray) -> np.ndarray:
+    """Replicate means of per-run scalars Y (C, S) over the drawn seeds -> (B, C); NaN-aware."""
+    Y = np.asarray(Y, dtype=float)
+    present = np.isfinite(Y)
+    num = ws @ np.where(present, Y, 0.0).T
+    den = ws @ present.astype(float).T
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def percentile_ci(replicates: np.ndarray, confidence: float = 0.95) -> tuple[float, float]:
+    """The percentile interval of the finite replicates (NaN, NaN when there are none)."""
+    r = np.asarray(replicates, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return math.nan, math.nan
+    lo, hi = np.percentile(r, [(1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100])
+    return float(lo), float(hi)
+
+
+def bootstrap_p(replicates: np.ndarray) -> float:
+    """Two-sided p-value of "the difference is 0" from its bootstrap replicates: twice the share on the
+    far side of 0, with the +1 of Davison & Hinkley (1997, eq. 4.11) so that it is never 0. The percentile
+    interval at level 1-alpha excludes 0 exactly when this is below alpha (up to that +1)."""
+    r = np.asarray(replicates, dtype=float)
+    r = r[np.isfinite(r)]
+    if r.size == 0:
+        return math.nan
+    below, above = int((r <= 0).sum()), int((r >= 0).sum())
+    return float(min(1.0, 2 * (min(below, above) + 1) / (r.size + 1)))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjusted p-values (Holm 1979): sort ascending, multiply the i-th smallest (i from
+    0) by m - i, take the running maximum, cap at 1. NaN p-values are left out of m and stay NaN."""
+    p = np.asarray(p_values, dtype=float)
+    out = np.full(p.shape, np.nan)
+    valid = np.flatnonzero(np.isfinite(p))
+    m = valid.size
+    if m == 0:
+        return out
+    order = valid[np.argsort(p[valid], kind="stable")]
+    adjusted = np.minimum(1.0, np.maximum.accumulate(p[order] * (m - np.arange(m))))
+    out[order] = adjusted
+    return out
+
+
+def variance_components(Y: np.ndarray) -> dict[str, float | int | None]:
+    """Method-of-moments variance components of a crossed seed x prompt table (two-way ANOVA without
+    replication, random effects): Y (S, P) of cell values, using the prompts present in every seed.
+
+        MS_seed = P sum_s (y_s. - y..)^2 / (S-1)        sigma_seed^2   = max(0, (MS_seed - MS_e) / P)
+        MS_prompt = S sum_p (y_.p - y..)^2 / (P-1)      sigma_prompt^2 = max(0, (MS_prompt - MS_e) / S)
+        MS_e = sum (y_sp - y_s. - y_.p + y..)^2 / ((S-1)(P-1))   sigma_cell^2 = MS_e
+
+    With one seed the seed component cannot be estimated (None) and the cell noise cannot be told from
+    the prompt component: the prompts' variance is returned as sigma_prompt^2 and sigma_cell^2 is 0."""
+    Y = np.asarray(Y, dtype=float)
+    Y = Y[:, np.isfinite(Y).all(axis=0)]
+    S, P = Y.shape
+    if P < 2:
+        return {"seeds": S, "prompts": P, "seed": None, "prompt": None, "cell": None}
+    if S == 1:
+        return {"seeds": 1, "prompts": P, "seed": None, "prompt": float(Y[0].var(ddof=1)), "cell": 0.0}
+    grand = Y.mean()
+    by_seed, by_prompt = Y.mean(axis=1), Y.mean(axis=0)
+    ms_seed = P * ((by_seed - grand) ** 2).sum() / (S - 1)
+    ms_prompt = S * ((by_prompt - grand) ** 2).sum() / (P - 1)
+    resid = Y - by_seed[:, None] - by_prompt[None, :] + grand
+    ms_cell = (resid ** 2).sum() / ((S - 1) * (P - 1))
+    return {"seeds": S, "prompts": P, "seed": float(max(0.0, (ms_seed - ms_cell) / P)),
+            "prompt": float(max(0.0, (ms_prompt - ms_cell) / S)), "cell": float(ms_cell)}
+
+
+def design_se(components: dict, seeds: int, prompts: int) -> float:
+    """Standard error of a mean over ``seeds`` x ``prompts`` cells: sqrt(s2/S + p2/P + e2/(S P)), an
+    unestimated seed component counted as 0."""
+    s2 = components.get("seed") or 0.0
+    p2 = components.get("prompt") or 0.0
+    e2 = components.get("cell") or 0.0
+    return math.sqrt(s2 / seeds + p2 / prompts + e2 / (seeds * prompts))
+
+
+def mde(se: float, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The smallest true difference a two-sided level-alpha test resolves with probability ``power``:
+    (z_{1-alpha/2} + z_{power}) * SE (e.g. Cohen 1988, ch. 2; 2.8016 SE at 5% and 80%)."""
+    return z_sum(alpha, power) * se
+
+
+def prompts_needed(components: dict, target: float, seeds: int, alpha: float = ALPHA,
+                   power: float = POWER) -> int | None:
+    """The fewest prompts with which ``seeds`` seeds resolve a true difference of ``target`` at
+    ``power``: solve s2/S + p2/P + e2/(S P) <= (target / z_sum)^2 for P. None when the seed term alone
+    already exceeds the budget (more prompts cannot help; more seeds can)."""
+    budget = (abs(target) / z_sum(alpha, power)) ** 2
+    s2 = components.get("seed") or 0.0
+    p2 = components.get("prompt") or 0.0
+    e2 = components.get("cell") or 0.0
+    room = budget - s2 / seeds
+    if room <= 0:
+        return None
+    need = (p2 + e2 / seeds) / room
+    return max(1, math.ceil(need - 1e-12))
+
+
+def interpolate_frontier(kl: np.ndarray, reward: np.ndarray, grid: Sequence[float]) -> np.ndarray:
+    """The reward of a frontier at each KL of ``grid``, linear between points adjacent in β order.
+
+    ``kl`` and ``reward`` are (..., n) with the n points in β order (a leading replicate axis is allowed).
+    Where several segments span a grid value (a frontier that turns back), the highest reward is taken:
+    the best the swept β achieve at that KL. Outside every segment the value is NaN: a frontier is never
+    extrapolated. A segment of equal KL at both ends gives the better of its two rewards there."""
+    kl = np.asarray(kl, dtype=float)
+    reward = np.asarray(reward, dtype=float)
+    grid = np.asarray(grid, dtype=float)
+    out = np.full(kl.shape[:-1] + grid.shape, np.nan)
+    n = kl.shape[-1]
+    segments = [(i, i + 1) for i in range(n - 1)] or [(0, 0)]
+    for g, k in enumerate(grid):
+        best = np.full(kl.shape[:-1], -np.inf)
+        for i, j in segments:
+            k0, k1, r0, r1 = kl[..., i], kl[..., j], reward[..., i], reward[..., j]
+            inside = (np.minimum(k0, k1) <= k) & (k <= np.maximum(k0, k1))
+            span = k1 - k0
+            with np.errstate(invalid="ignore", divide="ignore"):
+                t = np.where(span != 0, (k - k0) / np.where(span != 0, span, 1.0), 0.0)
+            value = np.where(span != 0, r0 + t * (r1 - r0), np.maximum(r0, r1))
+            best = np.where(inside & np.isfinite(value), np.maximum(best, value), best)
+        out[..., g] = np.where(np.isfinite(best), best, np.nan)
+    return out
