@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import pandas as pd
+from scipy import stats as scipy_stats
 
 from prefopt.study import stats
 from prefopt.study.data import CURVES, Study
@@ -105,17 +106,17 @@ def analyse(study: Study, *, replicates: int = 2000, seed: int = 0, target: floa
             f["at_kl"].append(entry)
 
     pairs = _equal_beta_pairs(cond_out, study.keys, conditions, X["reward"], ws, wp, target, alpha, confidence)
-    pairs += _equal_kl_pairs(frontiers, grid, confidence)
+    pairs += _equal_kl_pairs(frontiers, grid, pairs, len(seeds), len(prompts), confidence)
     adjusted = stats.holm([p["p"] for p in pairs])
     for p, q in zip(pairs, adjusted, strict=True):
         p["p_holm"] = None if math.isnan(q) else float(q)
         p["resolved"] = bool(p["p_holm"] is not None and p["p_holm"] < alpha)
     m = sum(p["p"] is not None and not math.isnan(p["p"]) for p in pairs)
     for p in pairs:
-        finite = p.get("se") is not None and math.isfinite(p["se"])
-        p["mde"] = stats.mde(p["se"], alpha) if finite else None
-        # Holm's first step tests at alpha/m: the MDE of the hardest-corrected pair.
-        p["mde_holm"] = stats.mde(p["se"], alpha / m) if finite and m else None
+        finite = math.isfinite(p["se"]) and math.isfinite(p["df"])
+        p["mde"] = stats.mde(p["se"], alpha, df=p["df"]) if finite else None
+        # Holm's first step tests at alpha/m: the MDE of a pair that must pass it.
+        p["mde_holm"] = stats.mde(p["se"], alpha / m, df=p["df"]) if finite and m else None
 
     for f in frontiers:
         del f["_idx"], f["_at_boot"]
@@ -185,17 +186,16 @@ def _equal_beta_pairs(cond_out, keys, conditions, reward, ws, wp, target, alpha,
     for _, idx in sorted(groups.items()):
         for i, j in itertools.combinations(sorted(idx, key=lambda i: str(cond_out[i]["loss"])), 2):
             diff = reward[i] - reward[j]  # (S, P), NaN where either lacks the cell
+            test = stats.paired_test(diff, alpha, confidence=confidence)
             boot = stats.weighted_means(diff, ws, wp)
-            est = float(stats.weighted_means(diff, np.ones((1, diff.shape[0])), np.ones((1, diff.shape[1])))[0])
-            interval = _interval(boot, confidence)
-            comps = stats.variance_components(diff)
-            paired = np.isfinite(diff)
-            n_seeds, n_prompts = int(paired.any(axis=1).sum()), int(paired.any(axis=0).sum())
+            lo, hi = stats.percentile_ci(boot, confidence)
+            comps = stats.variance_components(stats.complete_table(diff))
+            n_seeds, n_prompts = test["seeds"], test["prompts"]
             entry = {"kind": "equal_beta", "a": conditions[i], "b": conditions[j],
-                     "at": {k: cond_out[i].get(k) for k in rest}, "metric": "reward", "difference": est,
-                     **interval, "p": stats.bootstrap_p(boot), "seeds": n_seeds, "prompts": n_prompts,
-                     "variance_components": comps,
-                     "mde_from_components": stats.mde(stats.design_se(comps, n_seeds, n_prompts), alpha)
+                     "at": {k: cond_out[i].get(k) for k in rest}, "metric": "reward",
+                     "test": "crossed random-effects t (Satterthwaite df)", **test,
+                     "bootstrap_ci": [lo, hi], "variance_components": comps,
+                     "mde_from_components": stats.planned_mde(comps, n_seeds, n_prompts, alpha)
                      if comps["prompt"] is not None else None}
             if target is not None and comps["prompt"] is not None:
                 # Without a seed component the prompt/cell split is not identified either: plan only the
@@ -208,22 +208,35 @@ def _equal_beta_pairs(cond_out, keys, conditions, reward, ws, wp, target, alpha,
     return out
 
 
-def _equal_kl_pairs(frontiers, grid, confidence) -> list[dict]:
+def _equal_kl_pairs(frontiers, grid, beta_pairs, n_seeds, n_prompts, confidence) -> list[dict]:
     """Every pair of frontiers sharing their other keys, at each grid KL both cover: the difference of
-    their interpolated rewards, from the same (paired) bootstrap replicates."""
+    their interpolated rewards, its SE from the same (paired) bootstrap replicates, times sqrt(S/(S-1))
+    (the bootstrap over S seeds shrinks their variance by (S-1)/S), tested with t at the smallest
+    Satterthwaite df of the two losses' equal-β comparisons (S-1, or P-1 with one seed, when they share
+    no β): the interpolated reward is a mix of adjacent β's rewards, whose differences those tests model."""
     out = []
     for fa, fb in itertools.combinations(frontiers, 2):
         shared = [k for k in fa if k not in ("frontier", "loss", "points", "at_kl", "_idx", "_at_boot")]
         if any(fa.get(k) != fb.get(k) for k in shared):
             continue
+        names = {p["condition"] for p in fa["points"]} | {p["condition"] for p in fb["points"]}
+        dfs = [p["df"] for p in beta_pairs if p["a"] in names and p["b"] in names and math.isfinite(p["df"])]
+        df = min(dfs) if dfs else float(n_seeds - 1 if n_seeds > 1 else n_prompts - 1)
+        inflate = math.sqrt(n_seeds / (n_seeds - 1)) if n_seeds > 1 else 1.0
         for g, k in enumerate(grid):
             if not (fa["at_kl"][g]["covered"] and fb["at_kl"][g]["covered"]):
                 continue
             boot = fa["_at_boot"][:, g] - fb["_at_boot"][:, g]
+            finite = boot[np.isfinite(boot)]
             est = fa["at_kl"][g]["estimate"] - fb["at_kl"][g]["estimate"]
+            se = float(finite.std(ddof=1)) * inflate if finite.size > 1 else math.nan
+            q = float(scipy_stats.t.ppf((1 + confidence) / 2, df))
+            p = float(2 * scipy_stats.t.sf(abs(est) / se, df)) if se > 0 else (1.0 if est == 0 else 0.0)
             out.append({"kind": "equal_kl", "a": fa["frontier"], "b": fb["frontier"], "at": {"kl": k},
-                        "metric": "reward", "difference": est, **_interval(boot, confidence),
-                        "p": stats.bootstrap_p(boot), "replicates_covered": float(np.isfinite(boot).mean())})
+                        "metric": "reward", "test": "bootstrap SE, t at the equal-β tests' df",
+                        "difference": est, "se": se, "df": df, "p": p, "ci_low": est - q * se,
+                        "ci_high": est + q * se, "bootstrap_ci": list(stats.percentile_ci(boot, confidence)),
+                        "replicates_covered": float(finite.size / boot.size)})
     return out
 
 

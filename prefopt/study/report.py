@@ -179,13 +179,13 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         rows = [[f["frontier"]] + [_ci(r) if r["covered"] else "not covered" for r in f["at_kl"]]
                 for f in result["frontiers"]]
         out.append(("Reward at equal KL (linear along each frontier in β order; never extrapolated)", header, rows))
-    header = ["kind", "a", "b", "at", "a − b [95% CI]", "p", "p (Holm)", "resolved", "MDE", "MDE (Holm)"]
+    header = ["kind", "a", "b", "at", "a − b [95% CI]", "df", "p", "p (Holm)", "resolved", "MDE", "MDE (Holm)"]
     rows = [[p["kind"], p["a"], p["b"], ", ".join(f"{k}={_fmt(v)}" for k, v in p["at"].items()),
-             f"{_fmt(p['difference'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]", _fmt(p["p"]),
+             f"{_fmt(p['difference'])} [{_fmt(p['ci_low'])}, {_fmt(p['ci_high'])}]", _fmt(p["df"], 3), _fmt(p["p"]),
              _fmt(p["p_holm"]), "resolved" if p["resolved"] else "not resolved", _fmt(p.get("mde")),
              _fmt(p.get("mde_holm"))] for p in result["pairs"]]
-    out.append((f"Pairwise comparisons (paired over seeds and prompts; Holm over all {len(rows)} pairs, "
-                f"α={result['method']['alpha']})", header, rows))
+    out.append((f"Pairwise comparisons (paired over seeds and prompts; t intervals with seeds and prompts "
+                f"random; Holm over all {len(rows)} pairs, α={result['method']['alpha']})", header, rows))
     header = ["a", "b", "at", "σ²seed", "σ²prompt", "σ²cell", "MDE (components)"]
     rows, plans = [], []
     for p in result["pairs"]:

@@ -143,6 +143,74 @@ def variance_components(Y: np.ndarray) -> dict[str, float | int | None]:
             "prompt": float(max(0.0, (ms_prompt - ms_cell) / S)), "cell": float(ms_cell)}
 
 
+def complete_table(Y: np.ndarray) -> np.ndarray:
+    """The seeds that have any cell, then the prompts present in every one of those seeds."""
+    Y = np.asarray(Y, dtype=float)
+    Y = Y[np.isfinite(Y).any(axis=1)]
+    return Y[:, np.isfinite(Y).all(axis=0)]
+
+
+def mean_squares(Y: np.ndarray) -> dict[str, float]:
+    """The two-way ANOVA mean squares (seed, prompt, cell) of a complete S x P table; seed and cell are
+    NaN with one seed."""
+    S, P = Y.shape
+    grand = Y.mean()
+    by_seed, by_prompt = Y.mean(axis=1), Y.mean(axis=0)
+    ms_prompt = S * ((by_prompt - grand) ** 2).sum() / (P - 1) if P > 1 else math.nan
+    if S == 1:
+        return {"seed": math.nan, "prompt": ms_prompt, "cell": math.nan}
+    resid = Y - by_seed[:, None] - by_prompt[None, :] + grand
+    return {"seed": P * ((by_seed - grand) ** 2).sum() / (S - 1), "prompt": ms_prompt,
+            "cell": (resid ** 2).sum() / ((S - 1) * (P - 1)) if P > 1 else math.nan}
+
+
+def satterthwaite(seeds: int, prompts: int, ms: dict[str, float]) -> tuple[float, float]:
+    """The variance of the grand mean of a crossed S x P table and its Satterthwaite degrees of freedom.
+
+    E[MS_seed] = P s2 + e2, E[MS_prompt] = S p2 + e2, E[MS_cell] = e2, so (MS_seed + MS_prompt - MS_cell)
+    / (S P) is unbiased for s2/S + p2/P + e2/(S P) (Clark 1973's quasi-F logic); its degrees of freedom
+    are (sum of terms)^2 / sum(term^2 / df) (Satterthwaite 1946). The negative MS_cell term is dropped
+    when it would make the variance smaller than the largest single-factor part. With one seed: the
+    prompts' mean square over P, with P - 1 degrees of freedom."""
+    S, P = seeds, prompts
+    if S == 1:
+        return ms["prompt"] / P, float(P - 1)
+    terms = [(ms["seed"], S - 1), (ms["prompt"], P - 1), (-ms["cell"], (S - 1) * (P - 1))]
+    total = sum(t for t, _ in terms)
+    floor = max(ms["seed"], ms["prompt"])
+    if total < floor:  # MS_cell larger than one of the factor mean squares: keep the larger factor alone
+        terms = [max(terms[:2], key=lambda t: t[0])]
+        total = floor
+    denom = sum(t * t / df for t, df in terms)
+    df = total * total / denom if denom > 0 else math.inf
+    return total / (S * P), float(df)
+
+
+def paired_test(D: np.ndarray, alpha: float = ALPHA, power: float = POWER, confidence: float = 0.95) -> dict:
+    """A t-test of "the mean paired difference is 0" over a crossed seed x prompt table of differences
+    (cells of one condition minus another), seeds and prompts both random: the mean over the complete
+    table, its standard error and Satterthwaite degrees of freedom (``satterthwaite``), the two-sided
+    p-value, the t interval, and the minimum detectable difference (t_{df,1-alpha/2} + t_{df,power}) SE.
+
+    A percentile bootstrap over 2-5 seeds cannot do this: it shrinks the seed variance by (S-1)/S and has
+    normal tails where t_{S-1} has heavy ones (measured in docs/study.md); this test keeps its level."""
+    Y = complete_table(D)
+    S, P = Y.shape
+    if S == 0 or P < 2:
+        return {"difference": math.nan, "se": math.nan, "df": math.nan, "p": math.nan, "ci_low": math.nan,
+                "ci_high": math.nan, "mde": math.nan, "seeds": S, "prompts": P}
+    var, df = satterthwaite(S, P, mean_squares(Y))
+    se = math.sqrt(max(var, 0.0))
+    est = float(Y.mean())
+    if se == 0:
+        p = 1.0 if est == 0 else 0.0
+    else:
+        p = float(2 * scipy_stats.t.sf(abs(est) / se, df))
+    q = float(scipy_stats.t.ppf((1 + confidence) / 2, df))
+    return {"difference": est, "se": se, "df": df, "p": p, "ci_low": est - q * se, "ci_high": est + q * se,
+            "mde": mde(se, alpha, power, df), "seeds": S, "prompts": P}
+
+
 def design_se(components: dict, seeds: int, prompts: int) -> float:
     """Standard error of a mean over ``seeds`` x ``prompts`` cells: sqrt(s2/S + p2/P + e2/(S P)), an
     unestimated seed component counted as 0."""
@@ -152,26 +220,56 @@ def design_se(components: dict, seeds: int, prompts: int) -> float:
     return math.sqrt(s2 / seeds + p2 / prompts + e2 / (seeds * prompts))
 
 
-def mde(se: float, alpha: float = ALPHA, power: float = POWER) -> float:
+def mde(se: float, alpha: float = ALPHA, power: float = POWER, df: float = math.inf) -> float:
     """The smallest true difference a two-sided level-alpha test resolves with probability ``power``:
-    (z_{1-alpha/2} + z_{power}) * SE (e.g. Cohen 1988, ch. 2; 2.8016 SE at 5% and 80%)."""
-    return z_sum(alpha, power) * se
+    (q_{1-alpha/2} + q_{power}) * SE with q the t quantiles at ``df`` degrees of freedom, the normal ones
+    by default (Cohen 1988, ch. 2: 2.8016 SE at 5% and 80%; the t form is the usual approximation of the
+    noncentral t's power)."""
+    if math.isinf(df):
+        return z_sum(alpha, power) * se
+    return float(scipy_stats.t.ppf(1 - alpha / 2, df) + scipy_stats.t.ppf(power, df)) * se
 
 
-def prompts_needed(components: dict, target: float, seeds: int, alpha: float = ALPHA,
-                   power: float = POWER) -> int | None:
-    """The fewest prompts with which ``seeds`` seeds resolve a true difference of ``target`` at
-    ``power``: solve s2/S + p2/P + e2/(S P) <= (target / z_sum)^2 for P. None when the seed term alone
-    already exceeds the budget (more prompts cannot help; more seeds can)."""
-    budget = (abs(target) / z_sum(alpha, power)) ** 2
+def planned_mde(components: dict, seeds: int, prompts: int, alpha: float = ALPHA, power: float = POWER) -> float:
+    """The MDE of ``paired_test`` for a planned S x P design: the SE from the components, the t quantiles
+    at the Satterthwaite df of the mean squares that design is expected to give (E[MS_seed] = P s2 + e2,
+    E[MS_prompt] = S p2 + e2, E[MS_cell] = e2)."""
     s2 = components.get("seed") or 0.0
     p2 = components.get("prompt") or 0.0
     e2 = components.get("cell") or 0.0
-    room = budget - s2 / seeds
-    if room <= 0:
+    if seeds == 1:
+        return mde(math.sqrt((p2 + e2) / prompts), alpha, power, prompts - 1)
+    ms = {"seed": prompts * s2 + e2, "prompt": seeds * p2 + e2, "cell": e2}
+    var, df = satterthwaite(seeds, prompts, ms)
+    return mde(math.sqrt(max(var, 0.0)), alpha, power, df)
+
+
+def prompts_needed(components: dict, target: float, seeds: int, alpha: float = ALPHA,
+                   power: float = POWER, most: int = 1_000_000) -> int | None:
+    """The fewest prompts (at least 2) with which ``seeds`` seeds resolve a true difference of ``target``
+    at ``power`` (``planned_mde`` <= target). The normal approximation solves s2/S + p2/P + e2/(S P) <=
+    (target / z_sum)^2 for a first P; the t quantiles then move it up, found by doubling and bisection.
+    None when no number of prompts up to ``most`` does it (the seed term alone is too large: more seeds
+    are needed, not more prompts)."""
+    target = abs(target)
+    if planned_mde(components, seeds, most, alpha, power) > target:
         return None
-    need = (p2 + e2 / seeds) / room
-    return max(1, math.ceil(need - 1e-12))
+    s2 = components.get("seed") or 0.0
+    room = (target / z_sum(alpha, power)) ** 2 - s2 / seeds
+    p2, e2 = components.get("prompt") or 0.0, components.get("cell") or 0.0
+    lo = max(2, math.ceil((p2 + e2 / seeds) / room)) if room > 0 else 2
+    lo = min(lo, most)
+    if planned_mde(components, seeds, lo, alpha, power) <= target:
+        while lo > 2 and planned_mde(components, seeds, lo - 1, alpha, power) <= target:
+            lo -= 1
+        return lo
+    hi = lo
+    while planned_mde(components, seeds, hi, alpha, power) > target:
+        lo, hi = hi, min(most, hi * 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if planned_mde(components, seeds, mid, alpha, power) <= target else (mid, hi)
+    return hi
 
 
 def interpolate_frontier(kl: np.ndarray, reward: np.ndarray, grid: Sequence[float]) -> np.ndarray:
