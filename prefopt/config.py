@@ -231,7 +231,14 @@ class BenchmarkConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     batch_size: int = 24
+    # The sampling seed: sample j of prompt i is drawn from a stream seeded by (seed, i, j), never by the
+    # training seed, so every run of a study samples each prompt alike and runs pair prompt by prompt.
     seed: int = 0
+    # sentiment: completions per prompt (policy and reference each); CIs resample prompts, not samples.
+    samples_per_prompt: int = 1
+    # sentiment: read the reference's samples and scores from $PREFOPT_CACHE/refsamples when an earlier run
+    # with the same reference, prompts and sampling settings made them (a study generates them once).
+    cache_reference: bool = True
     bootstrap_samples: int = 10000
     # sentiment with review-text prompts: words of each review kept as the prefix to continue.
     prefix_words: int = 8

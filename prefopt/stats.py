@@ -17,12 +17,47 @@ import numpy as np
 from scipy import stats as scipy_stats
 
 
+def cluster_means(values: Sequence[float], clusters: Sequence | None) -> np.ndarray:
+    """The mean of ``values`` within each cluster, in order of first appearance; ``values`` themselves when
+    ``clusters`` is None (every item its own cluster).
+
+    Several samples of one prompt are not independent evidence: a bootstrap that resamples them one by one
+    would narrow the CI by up to √k for k samples per prompt. Resampling the per-prompt means resamples
+    prompts (a cluster bootstrap), the unit that was drawn at random."""
+    arr = np.asarray(values, dtype=float)
+    if clusters is None:
+        return arr
+    ids = list(clusters)
+    if len(ids) != arr.size:
+        raise ValueError(f"cluster_means: {arr.size} values but {len(ids)} cluster ids")
+    order: dict = {}
+    for cluster in ids:
+        order.setdefault(cluster, len(order))
+    index = np.fromiter((order[c] for c in ids), dtype=int, count=len(ids))
+    return np.bincount(index, weights=arr, minlength=len(order)) / np.bincount(index, minlength=len(order))
+
+
+def bootstrap_mean_ci(values: Sequence[float], *, clusters: Sequence | None = None, samples: int = 10000,
+                      seed: int = 0, confidence: float = 0.95) -> tuple[float, float]:
+    """Percentile-bootstrap CI of the mean of ``values``, resampling clusters (prompts) when given."""
+    arr = cluster_means(values, clusters)
+    idx = np.random.default_rng(seed).integers(0, arr.size, size=(samples, arr.size))
+    means = arr[idx].mean(axis=1)
+    lo, hi = (1 - confidence) / 2 * 100, (1 + confidence) / 2 * 100
+    return float(np.percentile(means, lo)), float(np.percentile(means, hi))
+
+
 def paired_delta(policy: Sequence[float], reference: Sequence[float], *, samples: int = 10000, seed: int = 0,
-                 confidence: float = 0.95) -> dict[str, float]:
+                 confidence: float = 0.95, clusters: Sequence | None = None) -> dict[str, float]:
     """Mean of ``policy - reference`` over the same prompts, its percentile-bootstrap CI (prompts
     resampled with replacement), the win rate of policy over reference (ties count half) with its
     bootstrap CI, and a two-sided Wilcoxon signed-rank p-value (zero differences dropped, as in
-    Wilcoxon's original test; 1.0 when every difference is zero)."""
+    Wilcoxon's original test; 1.0 when every difference is zero).
+
+    ``clusters``: one id per item (the prompt id), for several samples per prompt. Each figure is then taken
+    over the per-prompt means of the differences and win indicators (see ``cluster_means``): the bootstrap
+    resamples prompts, the Wilcoxon test ranks one mean difference per prompt, and ``n`` counts prompts
+    (``n_items`` the items). Identical samples of a prompt thus give exactly the figures of one sample."""
     a = np.asarray(policy, dtype=float)
     b = np.asarray(reference, dtype=float)
     if a.shape != b.shape or a.ndim != 1 or a.size == 0:
@@ -31,8 +66,11 @@ def paired_delta(policy: Sequence[float], reference: Sequence[float], *, samples
         raise ValueError("paired_delta: scores must be finite; drop unscored items before pairing")
     if samples < 1:
         raise ValueError(f"paired_delta: samples={samples}, must be >= 1")
-    diff = a - b
-    wins = (diff > 0).astype(float) + 0.5 * (diff == 0)
+    n_items = int(a.size)
+    raw = a - b
+    wins = cluster_means((raw > 0).astype(float) + 0.5 * (raw == 0), clusters)
+    diff = cluster_means(raw, clusters)
+    a, b = cluster_means(a, clusters), cluster_means(b, clusters)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, diff.size, size=(samples, diff.size))
     boot_delta = diff[idx].mean(axis=1)
@@ -42,6 +80,7 @@ def paired_delta(policy: Sequence[float], reference: Sequence[float], *, samples
     p_value = float(scipy_stats.wilcoxon(nonzero).pvalue) if nonzero.size >= 1 else 1.0
     return {
         "n": int(diff.size),
+        "n_items": n_items,
         "policy_mean": float(a.mean()),
         "reference_mean": float(b.mean()),
         "delta": float(diff.mean()),

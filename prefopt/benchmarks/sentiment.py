@@ -1,10 +1,17 @@
 """Controlled sentiment generation, the DPO paper's first experiment, in miniature.
 
-Policy and reference each sample one completion per held-out prompt with the same seeds; VADER's
+Policy and reference each sample ``benchmark.samples_per_prompt`` completions per held-out prompt, sample j
+of prompt i from the random stream (i, j) seeded by ``benchmark.seed`` (``prefopt.generation.sample_streams``),
+never by the training seed: every run of a study draws prompt i's samples from the same streams. VADER's
 compound score (-1..1) is the ground-truth reward. Reported: mean reward of each, the paired delta with
 a bootstrap 95% CI and Wilcoxon p-value, the win rate of policy over reference, and the sampled
 estimate of KL(π‖π_ref) = E_{y~π}[log π(y|x) - log π_ref(y|x)] (sequence level, in nats), with its
-bootstrap CI.
+bootstrap CI. Every CI resamples prompts, each the mean of its samples (``prefopt.stats.cluster_means``).
+
+The reference's samples, scores and log-probs are read from ``$PREFOPT_CACHE/refsamples`` when an earlier
+run of the study made them (``benchmark.cache_reference``, ``prefopt.benchmarks.sample_cache``).
+Each item of ``benchmark_sentiment.jsonl`` carries its ``prompt_id`` (the prompt's index in the prompt list)
+and ``sample`` (0..samples_per_prompt-1), so runs pair item by item.
 
 Prompts: ``benchmark.prompts=builtin`` (the packaged held-out prompts), ``imdb`` (the test split of the
 hub's ``stanfordnlp/imdb``, as in the DPO paper), or a local JSON/JSONL/Parquet file or another hub id. Rows
@@ -15,15 +22,15 @@ neither is an error naming the row.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
 from prefopt.data.collate import collate
 from prefopt.data.registry import DataError
-from prefopt.generation import SampleSettings, sample
+from prefopt.errors import ConfigError
+from prefopt.generation import SampleSettings, sample_streams
 from prefopt.scoring import SequenceScorer
-from prefopt.stats import paired_delta
+from prefopt.stats import bootstrap_mean_ci, paired_delta
 
 REVIEW_INSTRUCTION = "Continue this movie review: "
 
@@ -73,36 +80,51 @@ def _sequence_logps(model, samples, pad_id, batch_size=16):
     return out
 
 
-def _bootstrap_mean_ci(values, samples: int, seed: int) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    idx = np.random.default_rng(seed).integers(0, arr.size, size=(samples, arr.size))
-    means = arr[idx].mean(axis=1)
-    return float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))
-
-
 def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dict:
+    k = bcfg.samples_per_prompt
+    if k < 1:
+        raise ConfigError(f"benchmark.samples_per_prompt={k}: must be >= 1")
     prompts = prompts_from_config(bcfg)
+    streams = [(i, j) for i in range(len(prompts)) for j in range(k)]
+    chats = [prompts[i] for i, _ in streams]
     settings = SampleSettings(bcfg.max_new_tokens, bcfg.temperature, bcfg.top_p, bcfg.batch_size, bcfg.seed)
     analyzer = SentimentIntensityAnalyzer()
-    policy_samples = sample(policy, tokenizer, prompts, settings, eot_token)
-    reference_samples = sample(reference, tokenizer, prompts, settings, eot_token)
-    policy_scores = [analyzer.polarity_scores(s["text"])["compound"] for s in policy_samples]
-    reference_scores = [analyzer.polarity_scores(s["text"])["compound"] for s in reference_samples]
+
+    def score(text: str) -> float:
+        return analyzer.polarity_scores(text)["compound"]
+
+    policy_samples = sample_streams(policy, tokenizer, chats, streams, settings, eot_token)
+    policy_scores = [score(s["text"]) for s in policy_samples]
+    if bcfg.cache_reference:
+        from prefopt.benchmarks.sample_cache import cached_samples
+        from prefopt.models import cache_root
+
+        reference_samples, cache = cached_samples(reference, tokenizer, chats, streams, settings, eot_token, score,
+                                                  "vader_compound", cache_root() / "refsamples")
+        reference_scores = [s["score"] for s in reference_samples]
+    else:
+        reference_samples = sample_streams(reference, tokenizer, chats, streams, settings, eot_token)
+        reference_scores = [score(s["text"]) for s in reference_samples]
+        cache = {"cache": "off", "generated": len(reference_samples)}
     pad_id = tokenizer.pad_token_id
     logp_policy = _sequence_logps(policy, policy_samples, pad_id)
     logp_reference = _sequence_logps(reference, policy_samples, pad_id)
     kl = [p - r for p, r in zip(logp_policy, logp_reference, strict=True)]
-    result = {"name": "sentiment", "scorer": "vader_compound", "num_prompts": len(prompts)}
-    result.update(paired_delta(policy_scores, reference_scores, samples=bcfg.bootstrap_samples, seed=bcfg.seed))
+    prompt_ids = [i for i, _ in streams]
+    result = {"name": "sentiment", "scorer": "vader_compound", "num_prompts": len(prompts), "samples_per_prompt": k}
+    result.update(paired_delta(policy_scores, reference_scores, samples=bcfg.bootstrap_samples, seed=bcfg.seed,
+                               clusters=prompt_ids))
     result["kl_estimate"] = float(sum(kl) / len(kl))
-    result["kl_ci_low"], result["kl_ci_high"] = _bootstrap_mean_ci(kl, bcfg.bootstrap_samples, bcfg.seed)
+    result["kl_ci_low"], result["kl_ci_high"] = bootstrap_mean_ci(kl, clusters=prompt_ids,
+                                                                  samples=bcfg.bootstrap_samples, seed=bcfg.seed)
     result["policy_finished_fraction"] = sum(s["finished"] for s in policy_samples) / len(policy_samples)
     result["reference_finished_fraction"] = sum(s["finished"] for s in reference_samples) / len(reference_samples)
+    result["reference_samples"] = cache
     result["items"] = [
-        {"prompt": p[0]["content"], "policy": ps["text"], "policy_score": a, "reference": rs["text"],
-         "reference_score": b, "kl": k}
-        for p, ps, rs, a, b, k in zip(prompts, policy_samples, reference_samples, policy_scores,
-                                      reference_scores, kl, strict=True)
+        {"prompt_id": i, "sample": j, "prompt": chat[0]["content"], "policy": ps["text"], "policy_score": a,
+         "reference": rs["text"], "reference_score": b, "kl": d, "reference_logp": rs["logp"]}
+        for (i, j), chat, ps, rs, a, b, d in zip(streams, chats, policy_samples, reference_samples, policy_scores,
+                                                 reference_scores, kl, strict=True)
     ]
     result["examples"] = result["items"][:5]
     return result

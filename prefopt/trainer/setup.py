@@ -190,6 +190,8 @@ def check_config(cfg: DictConfig) -> None:
         (cfg.trainer.grad_accum >= 1, f"trainer.grad_accum={cfg.trainer.grad_accum}: must be >= 1"),
         (cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every}: must be >= 0"),
         (cfg.trainer.logps_chunk_rows >= 1, f"trainer.logps_chunk_rows={cfg.trainer.logps_chunk_rows}: must be >= 1"),
+        (cfg.benchmark.samples_per_prompt >= 1,
+         f"benchmark.samples_per_prompt={cfg.benchmark.samples_per_prompt}: must be >= 1"),
         (len(cfg.loss) > 0, "loss: no loss configured; pick one, e.g. loss=dpo"),
         (cfg.trainer.on_nonfinite in ("stop", "skip"),
          f"trainer.on_nonfinite={cfg.trainer.on_nonfinite!r}: must be stop or skip"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from prefopt.stats import alpaca_win_rate, paired_delta, preference_outcome
+from prefopt.stats import alpaca_win_rate, bootstrap_mean_ci, cluster_means, paired_delta, preference_outcome
 
 
 def test_paired_delta_worked_example():
@@ -74,3 +74,41 @@ def test_alpaca_eval_leaderboard_anchor(shared_data):
     assert (out["n_wins"], out["n_wins_base"], out["n_draws"], out["n_total"]) == (727, 75, 1, 803)
     assert out["n_invalid"] == 2
     assert math.isclose(out["win_rate"], 100 * 727.5 / 803)
+
+
+def test_samples_per_prompt_identical_samples_give_the_one_sample_figures():
+    """k = 3 identical samples of each of the 4 prompts of the worked example: each prompt's mean is its one
+    sample, so every figure, CIs included (same seed, same resampled prompts), equals the k = 1 figures;
+    only n_items counts the 12 items. A plain bootstrap over the 12 items would narrow the CI instead."""
+    one = paired_delta([1, 2, 3, 4], [0, 2, 1, 5], samples=2000, seed=3)
+    three = paired_delta([x for x in (1, 2, 3, 4) for _ in range(3)], [x for x in (0, 2, 1, 5) for _ in range(3)],
+                         samples=2000, seed=3, clusters=[i for i in range(4) for _ in range(3)])
+    assert three == {**one, "n_items": 12}
+    naive = paired_delta([x for x in (1, 2, 3, 4) for _ in range(3)], [x for x in (0, 2, 1, 5) for _ in range(3)],
+                         samples=2000, seed=3)
+    assert naive["delta_ci_high"] - naive["delta_ci_low"] < one["delta_ci_high"] - one["delta_ci_low"]
+
+
+def test_clustered_delta_averages_each_prompts_samples():
+    """Prompt 7: two samples with differences 1 and 3 (policy [2, 4] vs reference [1, 1]), wins 1 and 1;
+    prompt 5: one sample with difference -1 (policy 0, reference 1), win 0. Per-prompt mean differences
+    [2, -1], so delta = 0.5 (the item mean, 1.0, would weigh prompt 7 twice); win rate = (1 + 0)/2 = 0.5;
+    policy mean = (3 + 0)/2 = 1.5, reference 1.0. Clusters are ordered by first appearance, whatever
+    their ids; a bootstrap of two prompts has means in {-1, 0.5, 2}."""
+    out = paired_delta([2, 0, 4], [1, 1, 1], samples=4000, seed=0, clusters=[7, 5, 7])
+    assert (out["n"], out["n_items"]) == (2, 3)
+    assert out["delta"] == pytest.approx(0.5) and out["win_rate"] == pytest.approx(0.5)
+    assert out["policy_mean"] == pytest.approx(1.5) and out["reference_mean"] == pytest.approx(1.0)
+    assert out["delta_ci_low"] == pytest.approx(-1) and out["delta_ci_high"] == pytest.approx(2)
+    np.testing.assert_allclose(cluster_means([2, 0, 4], [7, 5, 7]), [3.0, 0.0])
+    with pytest.raises(ValueError, match="3 values but 2 cluster ids"):
+        cluster_means([2, 0, 4], [7, 5])
+
+
+def test_bootstrap_mean_ci_clusters_by_prompt():
+    """KL values [1, 1, 5] of prompts [0, 0, 1]: prompt means [1, 5]; resampling two prompts gives means
+    1, 3 or 5, so the 95% CI is [1, 5]; identical repeats of each prompt change nothing."""
+    lo, hi = bootstrap_mean_ci([1, 1, 5], clusters=[0, 0, 1], samples=4000, seed=1)
+    assert (lo, hi) == (pytest.approx(1.0), pytest.approx(5.0))
+    assert bootstrap_mean_ci([1, 5], samples=500, seed=2) == bootstrap_mean_ci([1, 1, 5, 5], clusters=[0, 0, 1, 1],
+                                                                               samples=500, seed=2)
