@@ -183,7 +183,7 @@ def child_trl(args, precompute: bool) -> dict:
                        warmup_steps=math.ceil(0.1 * args.steps),
                        max_length=args.max_length, beta=0.1, precompute_ref_log_probs=precompute, use_cpu=True,
                        report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True, seed=42,
-                       dataloader_num_workers=0, max_grad_norm=10.0,
+                       dataloader_num_workers=0, max_grad_norm=1.0,
                        # DPOConfig defaults to bf16 autocast and gradient checkpointing; the comparison is
                        # fp32 without recomputation on both sides (bf16 autocast on this CPU is several
                        # times slower than fp32: 65-160 s/step measured).

@@ -144,16 +144,22 @@ class ReferenceConfig:
 class OptimizerConfig:
     # adamw | rmsprop
     name: str = "adamw"
-    # 1e-5 moves SmolLM2-135M on 64 pairs in 3 epochs; Zephyr-7B used 5e-7 (experiment=zephyr_ddpo).
+    # 1e-5 moves SmolLM2-135M on 64 pairs in 3 epochs; Zephyr-7B used 5e-7 (experiment=zephyr_ddpo). HF's
+    # TrainingArguments default (5e-5) and DPOConfig's (1e-6) are tuned for other model and data sizes.
     lr: float = 1e-5
     weight_decay: float = 0.0
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
-    # linear | cosine | constant, each after a linear warmup over warmup_ratio of the steps.
+    # Any transformers.get_scheduler schedule but reduce_lr_on_plateau/greedy: linear, cosine,
+    # constant_with_warmup, cosine_with_min_lr, ... (constant has no warmup). Warmup rises from 0, as in HF.
     scheduler: str = "linear"
+    # HF's lr_scheduler_kwargs, e.g. {num_cycles: 2} for cosine_with_restarts, {min_lr_rate: 0.1}.
+    scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
+    # HF's default is 0; 0.1 is what the DPO/Zephyr recipes use (alignment-handbook) and what keeps the first
+    # steps of a full-lr DPO run from overshooting.
     warmup_ratio: float = 0.1
-    # Gradient-norm clipping; 0 disables it (the norm is still logged).
-    max_grad_norm: float = 10.0
+    # Gradient-norm clipping, HF's default 1.0; 0 disables it (the norm is still logged).
+    max_grad_norm: float = 1.0
 
 
 @dataclass

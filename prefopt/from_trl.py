@@ -46,11 +46,12 @@ DIRECT: dict[str, tuple[str, str]] = {
     "attn_implementation": ("model.attn_implementation", ""),
     "gradient_checkpointing": ("model.gradient_checkpointing", ""),
     "beta": ("beta", "β, shared by every loss through ${beta}"),
-    "learning_rate": ("optimizer.lr", "peak learning rate"),
+    "learning_rate": ("optimizer.lr", "peak learning rate; prefopt's default 1e-5 suits SmolLM2-135M on small data"),
     "weight_decay": ("optimizer.weight_decay", ""),
     "adam_epsilon": ("optimizer.eps", ""),
-    "max_grad_norm": ("optimizer.max_grad_norm", "0 disables clipping in both"),
-    "warmup_ratio": ("optimizer.warmup_ratio", "linear warmup over this fraction of the steps"),
+    "max_grad_norm": ("optimizer.max_grad_norm", "0 disables clipping in both; default 1.0 in both"),
+    "warmup_ratio": ("optimizer.warmup_ratio", "linear warmup from 0, as in HF; prefopt's default 0.1 (HF: 0) is "
+                                               "what DPO recipes use"),
     "per_device_train_batch_size": ("trainer.batch_size", "pairs per device per micro-step"),
     "per_device_eval_batch_size": ("trainer.eval_batch_size", ""),
     "gradient_accumulation_steps": ("trainer.grad_accum", "global batch = batch_size x grad_accum x processes"),
@@ -133,8 +134,8 @@ UNSET_NOTES: dict[str, str] = {
 }
 
 OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "rmsprop": "rmsprop"}
-# HF's constant has no warmup; prefopt's constant warms up over warmup_ratio, so it is emitted with 0.
-SCHEDULERS = {"linear": "linear", "cosine": "cosine", "constant_with_warmup": "constant", "constant": "constant"}
+# prefopt's schedules are transformers.get_scheduler's, under the same names. HF's constant ignores the warmup;
+# prefopt refuses a warmup_ratio with it, so it is emitted with 0.
 DTYPES = {None: "auto", "auto": "auto", "bfloat16": "bfloat16", "float16": "float16", "float32": "float32"}
 
 
@@ -162,6 +163,8 @@ def hydra_value(value: Any) -> str:
         return repr(value)
     if isinstance(value, list | tuple):
         return "[" + ",".join(hydra_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ",".join(f"{k}:{hydra_value(v)}" for k, v in value.items()) + "}"
     text = str(value)
     if re.fullmatch(r"[A-Za-z0-9_./:\-]+", text) and text not in ("true", "false", "null"):
         return text
@@ -282,10 +285,18 @@ def _optim(v, r) -> Pairs:
 
 
 def _scheduler(v, r) -> Pairs:
+    from prefopt.trainer.setup import SCHEDULERS
+
     if v not in SCHEDULERS:
         raise FromTrlError(f"lr_scheduler_type: {v!r} is not a schedule prefopt has; it has {', '.join(SCHEDULERS)}")
-    pairs: Pairs = [("optimizer.scheduler", SCHEDULERS[v])]
+    pairs: Pairs = [("optimizer.scheduler", v)]
     return pairs + ([("optimizer.warmup_ratio", 0.0)] if v == "constant" else [])
+
+
+def _scheduler_kwargs(v, r) -> Pairs:
+    if not isinstance(v, dict):
+        raise FromTrlError(f"lr_scheduler_kwargs: {v!r} is not a mapping")
+    return [("optimizer.scheduler_kwargs", v)] if v else []
 
 
 def _warmup_ratio(v, r) -> Pairs:
@@ -407,7 +418,7 @@ HANDLED: dict[str, tuple[Callable[[Any, dict], Pairs], str]] = {
     "use_flash_attention_2": (_flash, "model.attn_implementation=flash_attention_2"),
     "use_peft": (_peft, "reference=adapter_off (LoRA on the policy, adapters off = reference)"),
     "optim": (_optim, "optimizer=adamw (adamw_torch, adamw_torch_fused, adamw_hf) or optimizer=rmsprop"),
-    "lr_scheduler_type": (_scheduler, "optimizer.scheduler: linear, cosine, constant (HF constant: warmup_ratio=0)"),
+    "lr_scheduler_type": (_scheduler, "optimizer.scheduler: the same name (HF constant: warmup_ratio=0)"),
     "warmup_ratio": (_warmup_ratio, "optimizer.warmup_ratio"),
     "warmup_steps": (_warmup_steps, "optimizer.warmup_ratio when below 1 (a ratio); refused when 1 or more"),
     "adam_beta1": (_betas, "optimizer.adam_betas=[beta1,beta2]"),
@@ -439,8 +450,7 @@ HANDLED: dict[str, tuple[Callable[[Any, dict], Pairs], str]] = {
     "dataset_test_split": (_done_elsewhere, "dataset.eval_split"),
     "load_in_4bit": (_none_only("load_in_4bit", "prefopt does not quantize"), "refused when true"),
     "load_in_8bit": (_none_only("load_in_8bit", "prefopt does not quantize"), "refused when true"),
-    "lr_scheduler_kwargs": (_none_only("lr_scheduler_kwargs", "prefopt's schedules take no extra arguments"),
-                            "refused when set"),
+    "lr_scheduler_kwargs": (_scheduler_kwargs, "optimizer.scheduler_kwargs"),
     "model_init_kwargs": (_none_only("model_init_kwargs", "set the model.* keys instead"), "refused when set"),
     "ref_model_init_kwargs": (_none_only("ref_model_init_kwargs", "set the reference.* keys instead"),
                               "refused when set"),
