@@ -126,7 +126,7 @@ class LoraConfig:
 
 @dataclass
 class ReferenceConfig:
-    # frozen | none | precomputed | checkpoint | adapter_off | sync (see prefopt/reference.py).
+    # frozen | none | precomputed | checkpoint | adapter_off | sync | bema (see prefopt/reference.py).
     kind: str = "frozen"
     # kind=checkpoint: the reference model's hub id or path; kind=precomputed: optional, else the
     # initial policy is the reference.
@@ -140,6 +140,16 @@ class ReferenceConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
 
 
+    # kind=bema (arXiv:2508.00180, TRL's BEMACallback defaults): every bema_update_freq steps after
+    # bema_update_after, ref <- EMA_t + alpha_t * (policy - theta_0), with
+    # beta_t = max((lag + multiplier*t)^-ema_power, min_ema_multiplier), alpha_t = (lag + multiplier*t)^-bias_power.
+    bema_update_freq: int = 400
+    bema_ema_power: float = 0.5
+    bema_bias_power: float = 0.2
+    bema_lag: float = 10.0
+    bema_update_after: int = 0
+    bema_multiplier: float = 1.0
+    bema_min_ema_multiplier: float = 0.0
 @dataclass
 class OptimizerConfig:
     # adamw | rmsprop

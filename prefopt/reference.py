@@ -20,6 +20,9 @@ distributed code ask those questions; none of them tests a kind's name (only thi
 - ``sync``: TR-DPO (Gorbatovski et al. 2024, arXiv:2404.09656): a frozen copy that is pulled toward the
   policy every ``sync_steps`` optimizer steps, θ_ref ← α·θ + (1 − α)·θ_ref with α = ``sync_alpha``
   (α = 1 is the paper's hard update).
+- ``bema``: BEMA (Block & Zhang 2025, arXiv:2508.00180): every ``bema_update_freq`` steps the reference
+  becomes the bias-corrected exponential moving average of the policy's weights, EMA_t + α_t·(θ_t − θ_0)
+  (``BEMAReference``).
 
 Every reference keeps ``seconds`` (time in reference passes) and ``info()`` (what summary.json records).
 """
@@ -116,6 +119,14 @@ class Reference:
 
     @classmethod
     def check_config(cls, rcfg) -> None:
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Tensors besides ``model``'s weights that a resumed run needs (BEMA's θ_0 and EMA), by name; the
+        checkpoint saves them with the moving reference's weights."""
+        return {}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``state_tensors`` returned."""
+
         """Range checks of this kind's keys, before anything is loaded."""
 
     @classmethod
@@ -281,6 +292,104 @@ class SyncReference(ModelReference):
 @register_reference("adapter_off")
 class AdapterOffReference(Reference):
     """The LoRA policy with its adapters disabled: the base model, with no second copy of its weights."""
+@register_reference("bema")
+class BEMAReference(ModelReference):
+    """BEMA, bias-corrected exponential moving average (Block & Zhang 2025, arXiv:2508.00180), as the reference.
+
+    With t the optimizer step, ρ = ``bema_lag``, γ = ``bema_multiplier``, κ = ``bema_ema_power``,
+    η = ``bema_bias_power``, τ = ``bema_update_after``, φ = ``bema_update_freq``:
+
+        β_t = max((ρ + γ·t)^(−κ), ``bema_min_ema_multiplier``)      EMA decay
+        α_t = (ρ + γ·t)^(−η)                                        bias-correction scale
+        EMA_t = (1 − β_t)·EMA_{t−φ} + β_t·θ_t
+        θ_ref ← EMA_t + α_t·(θ_t − θ_0)
+
+    at every t > τ with (t − τ) a multiple of φ; at t = τ (τ > 0) θ_0 and the EMA are reset to the policy's
+    weights; before that the reference is the initial policy. This is TRL 1.16's ``BEMACallback`` update (its
+    t is the global step, not t − τ; the authors' src/core_online.py in abblock/bema uses
+    t' = max(t − τ + ρ, 1) and (1 + γ·t')^(−power), which differs by the lag's placement; both agree with
+    TRL's at τ = 0 up to that shift). tests/test_reference_bema.py checks parity with TRL's callback.
+
+    θ_0 and the EMA are float32 copies of every trainable parameter on the reference's device (2 extra copies
+    of the weights); they and the reference's weights are checkpointed (``state_tensors``).
+    """
+
+    moves_with_policy = True
+
+    def __init__(self, model, rcfg, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS):
+        super().__init__(model, share_prompt, chunk_rows)
+        self.update_freq = int(rcfg.bema_update_freq)
+        self.ema_power = float(rcfg.bema_ema_power)
+        self.bias_power = float(rcfg.bema_bias_power)
+        self.lag = float(rcfg.bema_lag)
+        self.update_after = int(rcfg.bema_update_after)
+        self.multiplier = float(rcfg.bema_multiplier)
+        self.min_ema_multiplier = float(rcfg.bema_min_ema_multiplier)
+        # The reference was deep-copied from the initial policy, so its parameters are θ_0.
+        self.theta0 = {n: p.detach().float().clone() for n, p in model.named_parameters()}
+        self.ema = {n: t.clone() for n, t in self.theta0.items()}
+        self.updated_at: list[int] = []
+
+    @classmethod
+    def check_config(cls, rcfg) -> None:
+        checks = [
+            (rcfg.bema_update_freq >= 1, "bema_update_freq", "must be >= 1"),
+            (rcfg.bema_ema_power >= 0, "bema_ema_power", "must be >= 0"),
+            (rcfg.bema_bias_power >= 0, "bema_bias_power", "must be >= 0"),
+            (rcfg.bema_lag >= 0, "bema_lag", "must be >= 0"),
+            (rcfg.bema_update_after >= 0, "bema_update_after", "must be >= 0"),
+            (rcfg.bema_multiplier > 0, "bema_multiplier", "must be > 0"),
+            (0 <= rcfg.bema_min_ema_multiplier <= 1, "bema_min_ema_multiplier", "must be in [0, 1]"),
+        ]
+        for ok, key, message in checks:
+            if not ok:
+                raise ReferenceConfigError(f"reference.{key}={rcfg[key]}: {message}")
+
+    @classmethod
+    def build(cls, rcfg, ctx: BuildContext) -> Reference:
+        return cls(copy.deepcopy(ctx.policy).to(ctx.device), rcfg, ctx.share_prompt, ctx.chunk_rows)
+
+    def ema_beta(self, step: int) -> float:
+        return max((self.lag + self.multiplier * step) ** (-self.ema_power), self.min_ema_multiplier)
+
+    def bias_alpha(self, step: int) -> float:
+        return (self.lag + self.multiplier * step) ** (-self.bias_power)
+
+    @torch.no_grad()
+    def after_step(self, step: int, policy) -> None:
+        if step < self.update_after:
+            return
+        params = dict(policy.named_parameters())
+        if step == self.update_after:
+            for name, theta0 in self.theta0.items():
+                theta0.copy_(params[name].detach())
+                self.ema[name].copy_(params[name].detach())
+            return
+        if (step - self.update_after) % self.update_freq:
+            return
+        beta, alpha = self.ema_beta(step), self.bias_alpha(step)
+        ref_params = dict(self.model.named_parameters())
+        for name, theta0 in self.theta0.items():
+            theta = params[name].detach().float()
+            ema = self.ema[name]
+            ema.mul_(1.0 - beta).add_(theta, alpha=beta)
+            ref_params[name].copy_(ema + alpha * (theta - theta0))
+        self.updated_at.append(step)
+        log.info("BEMA reference updated at step %d (beta_t=%.4g, alpha_t=%.4g)", step, beta, alpha)
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        return {**{f"theta0/{n}": t for n, t in self.theta0.items()}, **{f"ema/{n}": t for n, t in self.ema.items()}}
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        for name in self.theta0:
+            self.theta0[name].copy_(tensors[f"theta0/{name}"])
+            self.ema[name].copy_(tensors[f"ema/{name}"])
+
+    def info(self) -> dict:
+        return {"kind": self.kind, "bema_update_freq": self.update_freq, "bema_update_after": self.update_after,
+                "updated_at": self.updated_at}
+
+
 
     wraps_policy = True
 

@@ -10,7 +10,8 @@ A checkpoint is a directory ``<run_dir>/checkpoints/step-00000040/`` holding
   totals for summary.json, the resolved config it was written under, and ``rng/<rank>``: every process's
   Python, NumPy and torch RNG states;
 - ``reference.safetensors``: only for references whose weights change during training
-  (``reference=sync``, TR-DPO).
+  (``reference=sync``, TR-DPO; ``reference=bema``), and ``reference_state.safetensors`` for what such a
+  reference keeps besides its weights (BEMA's θ_0 and EMA, ``Reference.state_tensors``).
 
 It is written into a hidden temp directory and renamed into place, so a checkpoint directory either is
 complete or does not exist: a SIGKILL during a save leaves the previous checkpoint as the latest. Old
@@ -269,6 +270,12 @@ def _write_checkpoint(tmp: Path, final: Path, state: dict, s, keep_last: int) ->
         if s.reference.moves_with_policy:
             # A frozen reference is rebuilt from the initial model; one that moved must be saved.
             save_model(s.reference.model, str(tmp / "reference.safetensors"))
+            extra = s.reference.state_tensors()
+            if extra:
+                from safetensors.torch import save_file
+
+                save_file({k: v.detach().contiguous().cpu() for k, v in extra.items()},
+                          str(tmp / "reference_state.safetensors"))
         (tmp / "state.json").write_text(dumps(state) + "\n", encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
@@ -344,6 +351,13 @@ def load(path: Path, s) -> TrainState:
             raise CheckpointError(f"resume: {path} has no reference.safetensors for reference={s.reference.kind}, "
                                   "whose weights change during training")
         load_model(s.reference.model, str(path / "reference.safetensors"), strict=False)
+        if s.reference.state_tensors():
+            from safetensors.torch import load_file
+
+            if not (path / "reference_state.safetensors").is_file():
+                raise CheckpointError(f"resume: {path} has no reference_state.safetensors for "
+                                      f"reference={s.reference.kind}")
+            s.reference.load_state_tensors(load_file(str(path / "reference_state.safetensors")))
     _set_rng_state(state["rng"][str(accelerator.process_index)])
     return TrainState(step=int(state["step"]), metrics_offset=int(state["metrics_offset"]),
                       counters=state.get("counters", {}), path=path)
