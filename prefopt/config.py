@@ -136,6 +136,10 @@ class ReferenceConfig:
     # kind=sync (TR-DPO): every sync_steps optimizer steps, ref <- alpha*policy + (1-alpha)*ref.
     sync_alpha: float = 0.6
     sync_steps: int = 16
+    # kind=adapter_off: the LoRA adapters trained on top of the shared base weights.
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
     # kind=bema (arXiv:2508.00180, TRL's BEMACallback defaults): every bema_update_freq steps after
     # bema_update_after, ref <- EMA_t + alpha_t * (policy - theta_0), with
     # beta_t = max((lag + multiplier*t)^-ema_power, min_ema_multiplier), alpha_t = (lag + multiplier*t)^-bias_power.
@@ -146,10 +150,6 @@ class ReferenceConfig:
     bema_update_after: int = 0
     bema_multiplier: float = 1.0
     bema_min_ema_multiplier: float = 0.0
-    # kind=adapter_off: the LoRA adapters trained on top of the shared base weights.
-    lora: LoraConfig = field(default_factory=LoraConfig)
-
-
 @dataclass
 class OptimizerConfig:
     # adamw | rmsprop
@@ -306,6 +306,13 @@ class PrefoptConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # A DeepSpeed config (deepspeed=zero2|zero3, conf/deepspeed/); null = plain DDP / single process.
     deepspeed: Any = None
+    # What the Hydra main returns to a sweeper (hparams_search=...): a dotted path into summary.json such as
+    # benchmark.delta; null = eval.eval/loss. See prefopt/objective.py.
+    optimized_metric: str | None = None
+    # Reward at a KL budget: a run whose benchmark KL estimate exceeds the budget returns
+    # metric - optimized_metric_kl_penalty * (KL - budget); null = no budget.
+    optimized_metric_kl_budget: float | None = None
+    optimized_metric_kl_penalty: float = 1.0
 
 
 def register_configs(plugin_modules: list[str] | None = None) -> None:

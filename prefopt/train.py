@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from prefopt.config import CONF_DIR, register_configs
 from prefopt.errors import ConfigError, PrefoptError
+from prefopt.objective import check_objective, objective_value
 from prefopt.sinks import redact_files
 from prefopt.trainer.loop import run
 
@@ -49,7 +50,9 @@ def main(cfg: DictConfig) -> float | None:
     # Hydra has recorded the command line in .hydra/; an API key passed there must not stay on disk.
     redact_files(Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir or ".hydra").glob("*.yaml"))
     try:
+        check_objective(cfg)
         summary = run(cfg, run_dir=hydra_cfg.runtime.output_dir, hydra_choices=choices)
+        objective = objective_value(cfg, summary)
     except PrefoptError as err:
         log.error("%s", err)
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -58,8 +61,8 @@ def main(cfg: DictConfig) -> float | None:
             raise JobFailed(f"prefopt: {err}") from None
         # One clear line for the user.
         raise SystemExit(f"prefopt: {err}") from None
-    # Returned so that a Hydra sweeper (e.g. Optuna) can optimize it.
-    return summary["eval"].get("eval/loss")
+    # Returned so that a Hydra sweeper (hparams_search=..., Optuna) can optimize it.
+    return objective
 
 
 def cli() -> None:
