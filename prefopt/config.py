@@ -136,10 +136,6 @@ class ReferenceConfig:
     # kind=sync (TR-DPO): every sync_steps optimizer steps, ref <- alpha*policy + (1-alpha)*ref.
     sync_alpha: float = 0.6
     sync_steps: int = 16
-    # kind=adapter_off: the LoRA adapters trained on top of the shared base weights.
-    lora: LoraConfig = field(default_factory=LoraConfig)
-
-
     # kind=bema (arXiv:2508.00180, TRL's BEMACallback defaults): every bema_update_freq steps after
     # bema_update_after, ref <- EMA_t + alpha_t * (policy - theta_0), with
     # beta_t = max((lag + multiplier*t)^-ema_power, min_ema_multiplier), alpha_t = (lag + multiplier*t)^-bias_power.
@@ -150,6 +146,10 @@ class ReferenceConfig:
     bema_update_after: int = 0
     bema_multiplier: float = 1.0
     bema_min_ema_multiplier: float = 0.0
+    # kind=adapter_off: the LoRA adapters trained on top of the shared base weights.
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
 @dataclass
 class OptimizerConfig:
     # adamw | rmsprop

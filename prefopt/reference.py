@@ -117,8 +117,6 @@ class Reference:
     def info(self) -> dict:
         return {"kind": self.kind}
 
-    @classmethod
-    def check_config(cls, rcfg) -> None:
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Tensors besides ``model``'s weights that a resumed run needs (BEMA's θ_0 and EMA), by name; the
         checkpoint saves them with the moving reference's weights."""
@@ -127,6 +125,8 @@ class Reference:
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         """Restore what ``state_tensors`` returned."""
 
+    @classmethod
+    def check_config(cls, rcfg) -> None:
         """Range checks of this kind's keys, before anything is loaded."""
 
     @classmethod
@@ -289,9 +289,6 @@ class SyncReference(ModelReference):
         return {"kind": self.kind, "sync_alpha": self.alpha, "sync_steps": self.every, "synced_at": self.synced_at}
 
 
-@register_reference("adapter_off")
-class AdapterOffReference(Reference):
-    """The LoRA policy with its adapters disabled: the base model, with no second copy of its weights."""
 @register_reference("bema")
 class BEMAReference(ModelReference):
     """BEMA, bias-corrected exponential moving average (Block & Zhang 2025, arXiv:2508.00180), as the reference.
@@ -390,6 +387,9 @@ class BEMAReference(ModelReference):
                 "updated_at": self.updated_at}
 
 
+@register_reference("adapter_off")
+class AdapterOffReference(Reference):
+    """The LoRA policy with its adapters disabled: the base model, with no second copy of its weights."""
 
     wraps_policy = True
 
