@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import math
 import pkgutil
 import random
 from collections import Counter
@@ -195,7 +196,20 @@ def build_datasets(dcfg, tokenizer, kind: str, eot_token: str | None = None) -> 
     train, noise = encoded["train"], None
     if getattr(dcfg, "label_noise", 0.0):
         train, noise = apply_label_noise(train, normalized["train"], dcfg, counts["train"])
-    return Datasets(train, encoded["eval"], {k: dict(sorted(v.items())) for k, v in counts.items()}, noise)
+    eval_rows = with_gold_margins(encoded["eval"], normalized["eval"]) if kind == "paired" else encoded["eval"]
+    return Datasets(train, eval_rows, {k: dict(sorted(v.items())) for k, v in counts.items()}, noise)
+
+
+def with_gold_margins(encoded: list[dict], source_rows: list[dict]) -> list[dict]:
+    """Tokenized pairs with ``gold_margin = score_chosen - score_rejected`` of their source row, where it has
+    both scores (the sentiment pairs' VADER scores): the eval monitors correlate it with the implicit reward
+    (``prefopt.trainer.monitors``). Added after the tokenized cache, whose entries stay the ids alone."""
+    margins = {}
+    for row in source_rows:
+        scores = (row.get("score_chosen"), row.get("score_rejected"))
+        if all(isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x) for x in scores):
+            margins[row.get("index")] = float(scores[0]) - float(scores[1])
+    return [{**r, "gold_margin": margins[r["index"]]} if r["index"] in margins else r for r in encoded]
 
 
 def _cache_root():

@@ -20,6 +20,15 @@ swapped depends only on the training rows and ``dataset.seed`` (not on the train
 - ``uniform``: the first ``k`` pairs of a ``random.Random(f"label_noise:{dataset.seed}")`` shuffle;
 - ``near_ties``: the ``k`` pairs with the smallest gold score margin ``|score_chosen - score_rejected|``
   (equal margins in the order of that same shuffle); every training pair must carry both scores.
+
+Unpaired (KTO-style) rows carry a binary label, not a pair: there ``dataset.label_noise=r`` flips the
+``desirable`` label of ``floor(r * n + 0.5)`` of the ``n`` training rows, picked by the same seeded shuffle
+(``uniform`` only: a lone row has no score margin, so ``near_ties`` is refused naming the key). That is the
+noise of binary feedback, a thumbs-up recorded as a thumbs-down. When the rows were unrolled from pairs (each
+pair a desirable and an undesirable row) the two rows of a pair are flipped independently, unlike a pair
+swap, which flips both. The counts keep the paired names (``label_noise_pairs`` = training rows,
+``label_noise_swapped`` = flipped rows), so every study reads one set of keys. SFT rows have no label to
+flip and are refused.
 """
 
 from __future__ import annotations
@@ -48,9 +57,14 @@ def check_settings(dcfg, filters: list[str], kind: str) -> None:
     if mode not in LABEL_NOISE_MODES:
         raise DataError(f"dataset.label_noise_mode={mode!r} is not a label-noise mode; known: "
                         f"{', '.join(LABEL_NOISE_MODES)}")
-    if rate > 0 and kind != "paired":
-        raise DataError(f"dataset.label_noise={rate} swaps chosen and rejected of preference pairs, but this "
-                        f"loss trains on {kind} rows; use a paired loss or dataset.label_noise=0")
+    if rate > 0 and kind == "sft":
+        raise DataError(f"dataset.label_noise={rate} swaps chosen and rejected of preference pairs (or flips the "
+                        f"desirable label of unpaired rows), but this loss trains on {kind} rows, which have no "
+                        "label; use a preference loss or dataset.label_noise=0")
+    if rate > 0 and kind == "unpaired" and mode == "near_ties":
+        raise DataError("dataset.label_noise_mode=near_ties picks the pairs with the smallest gold score margin, "
+                        "but this loss trains on unpaired rows, which have no margin; use "
+                        "dataset.label_noise_mode=uniform")
     if getattr(dcfg, "keep_identical", False) and "identical" in filters:
         raise DataError("dataset.keep_identical=true asks to keep identical pairs, but dataset.filters lists "
                         "'identical', which drops them; remove one of the two")
@@ -108,6 +122,12 @@ def choose_flips(source_rows: list[dict[str, Any]], indices: list[Any], rate: fl
     return sorted(order[:k])
 
 
+def _flip(row: dict[str, Any]) -> dict[str, Any]:
+    if "desirable" in row:  # an unpaired row: its binary label
+        return {**row, "desirable": not row["desirable"]}
+    return {**row, "chosen_ids": row["rejected_ids"], "rejected_ids": row["chosen_ids"]}
+
+
 def apply_label_noise(train: list[dict[str, Any]], source_rows: list[dict[str, Any]], dcfg,
                       counts: Counter) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
     """Tokenized training pairs with chosen and rejected swapped in the chosen ones, and the record written
@@ -118,13 +138,12 @@ def apply_label_noise(train: list[dict[str, Any]], source_rows: list[dict[str, A
     positions = choose_flips(source_rows, [r["index"] for r in train], rate, dcfg.label_noise_mode,
                              dcfg.seed, dcfg.name)
     flipped = set(positions)
-    out = [{**r, "chosen_ids": r["rejected_ids"], "rejected_ids": r["chosen_ids"]} if i in flipped else r
-           for i, r in enumerate(train)]
+    out = [_flip(r) if i in flipped else r for i, r in enumerate(train)]
     counts["label_noise_pairs"] = len(train)
     counts["label_noise_swapped"] = len(positions)
     counts["label_noise_rate"] = rate
     rows = [train[p]["index"] for p in positions]
-    log.info("data train: label noise swapped chosen and rejected in %d of %d pairs (dataset.label_noise=%s, "
+    log.info("data train: label noise flipped the label of %d of %d training rows (dataset.label_noise=%s, "
              "mode %s, dataset.seed=%s)", len(rows), len(train), rate, dcfg.label_noise_mode, dcfg.seed)
     record = {"label_noise": rate, "mode": dcfg.label_noise_mode, "seed": dcfg.seed, "pairs": len(train),
               "swapped": len(rows), "rows": rows}

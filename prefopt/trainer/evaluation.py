@@ -1,4 +1,5 @@
-"""Held-out preference metrics: the loss and rewards/*, logps/* of the configured losses on the eval pairs."""
+"""Held-out preference metrics: the loss and rewards/*, logps/* of the configured losses on the eval pairs, and
+the monitors of ``prefopt.trainer.monitors`` (log-prob drift, calibration, agreement with the gold reward)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from prefopt.data.collate import collate
 from prefopt.scoring import required_inputs, score_batch
 from prefopt.trainer.batching import batches, step_plan, to_device
 from prefopt.trainer.distributed import reduce_sums
+from prefopt.trainer.monitors import Monitors
 from prefopt.trainer.step import add_weighted, compute_losses
 
 
@@ -25,14 +27,16 @@ def evaluate_heldout(scorer, reference, terms, kind, rows, cfg, pad_id, device, 
     scorer.eval()
     sums: dict[str, float] = {}
     count = 0.0
+    monitors = Monitors(terms)
     for micro in step_plan(ordered, world, rank, cfg.trainer.eval_batch_size):
         batch = to_device(collate(micro.rows, pad_id, kind), device)
         weights = micro.weights.to(device)
         logps = score_batch(scorer, reference, batch, kind, required_inputs(terms), weights)
+        monitors.add(logps, micro.rows, weights)
         per_example, metrics = compute_losses(terms, logps, training=False)
         add_weighted(sums, {"loss": per_example, **metrics}, weights)
         count += micro.n_real
     scorer.train()
     if accelerator is not None:
         sums, count = reduce_sums(accelerator, sums, count)
-    return {f"eval/{k}": v / count for k, v in sums.items()}
+    return {**{f"eval/{k}": v / count for k, v in sums.items()}, **monitors.result(accelerator)}

@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 from prefopt.config import DatasetConfig
 from prefopt.data import DataError, build_datasets
 from prefopt.data.noise import n_swapped
+from prefopt.data.sentiment import PAIRS
 from prefopt.models import load_tokenizer
 from tests.conftest import TINY, read_summary, run_cli
 
@@ -170,3 +171,37 @@ def test_cli_run_writes_label_noise_rows_and_counts(tmp_path):
     counts = read_summary(run_dir)["data"]["counts"]["train"]
     assert record["swapped"] == counts["label_noise_swapped"] == 16 and len(record["rows"]) == 16
     assert counts["label_noise_rate"] == 0.25 and counts["label_noise_pairs"] == 64
+
+
+def test_unpaired_label_noise_flips_the_desirable_label(tok, tmp_path):
+    """KTO-style rows (the 64 sentiment pairs unrolled: 128 rows, a desirable and an undesirable one per pair):
+    dataset.label_noise=0.25 flips the label of round-half-up(0.25 * 128) = 32 rows picked by dataset.seed,
+    leaves their ids and every other row alone, and never touches the eval rows."""
+    clean = build_datasets(sentiment(tmp_path), tok, "unpaired")
+    noisy = build_datasets(sentiment(tmp_path, label_noise=0.25), tok, "unpaired")
+    assert len(noisy.train) == len(clean.train) == 128 and noisy.eval == clean.eval
+    changed = [i for i, (a, b) in enumerate(zip(clean.train, noisy.train, strict=True)) if a != b]
+    assert len(changed) == n_swapped(0.25, 128) == 32 == noisy.stats["train"]["label_noise_swapped"]
+    for i in changed:
+        assert noisy.train[i] == {**clean.train[i], "desirable": not clean.train[i]["desirable"]}
+    assert noisy.stats["train"]["label_noise_pairs"] == 128
+    assert sorted(noisy.label_noise["rows"]) == sorted(clean.train[i]["index"] for i in changed)
+    assert build_datasets(sentiment(tmp_path, label_noise=0.25), tok, "unpaired").train == noisy.train
+
+
+def test_unpaired_label_noise_refuses_near_ties(tok, tmp_path):
+    with pytest.raises(DataError, match=r"dataset.label_noise_mode=near_ties .* unpaired rows, which have no margin"):
+        build_datasets(sentiment(tmp_path, label_noise=0.2, label_noise_mode="near_ties"), tok, "unpaired")
+
+
+def test_eval_pairs_carry_their_gold_margin(tok, tmp_path):
+    """The sentiment pairs' VADER scores become each eval pair's gold_margin (score_chosen - score_rejected);
+    training rows and pairs without scores (the generic fixture maps none) get none."""
+    data = build_datasets(sentiment(tmp_path), tok, "paired")
+    source = {i: json.loads(line) for i, line in
+              enumerate(PAIRS.read_text().splitlines())}
+    for row in data.eval:
+        pair = source[row["index"]]
+        assert row["gold_margin"] == pytest.approx(pair["score_chosen"] - pair["score_rejected"])
+    assert not any("gold_margin" in r for r in data.train)
+    assert not any("gold_margin" in r for r in build_datasets(pairs_file(tmp_path), tok, "paired").eval)
