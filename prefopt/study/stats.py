@@ -169,18 +169,19 @@ def satterthwaite(seeds: int, prompts: int, ms: dict[str, float]) -> tuple[float
 
     E[MS_seed] = P s2 + e2, E[MS_prompt] = S p2 + e2, E[MS_cell] = e2, so (MS_seed + MS_prompt - MS_cell)
     / (S P) is unbiased for s2/S + p2/P + e2/(S P) (Clark 1973's quasi-F logic); its degrees of freedom
-    are (sum of terms)^2 / sum(term^2 / df) (Satterthwaite 1946). The negative MS_cell term is dropped
-    when it would make the variance smaller than the largest single-factor part. With one seed: the
+    are (sum of terms)^2 / sum(term^2 / df) (Satterthwaite 1946). When that sum is below the largest of
+    the three mean squares (a factor's component estimated below 0), the largest alone is used, with its
+    df: the variance of a mean is never below any one of its parts. With one seed: the
     prompts' mean square over P, with P - 1 degrees of freedom."""
     S, P = seeds, prompts
     if S == 1:
         return ms["prompt"] / P, float(P - 1)
     terms = [(ms["seed"], S - 1), (ms["prompt"], P - 1), (-ms["cell"], (S - 1) * (P - 1))]
     total = sum(t for t, _ in terms)
-    floor = max(ms["seed"], ms["prompt"])
-    if total < floor:  # MS_cell larger than one of the factor mean squares: keep the larger factor alone
-        terms = [max(terms[:2], key=lambda t: t[0])]
-        total = floor
+    largest = max([(ms["seed"], S - 1), (ms["prompt"], P - 1), (ms["cell"], (S - 1) * (P - 1))],
+                  key=lambda t: t[0])
+    if total < largest[0]:  # a factor's mean square below MS_cell (its component estimated as < 0)
+        terms, total = [largest], largest[0]
     denom = sum(t * t / df for t, df in terms)
     df = total * total / denom if denom > 0 else math.inf
     return total / (S * P), float(df)
