@@ -38,6 +38,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from prefopt.losses.adaptive_beta import AdaptiveBetaOptions
+
 log = logging.getLogger("prefopt.config")
 
 
@@ -148,6 +150,15 @@ class ReferenceConfig:
     bema_min_ema_multiplier: float = 0.0
     # kind=adapter_off: the LoRA adapters trained on top of the shared base weights.
     lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class BetaScheduleConfig:
+    # beta_schedule=linear|cosine: beta moves from start (null = the loss's beta) at step 1 to end at the last step
+    # (prefopt/losses/beta_schedule.py).
+    kind: str = "linear"
+    start: float | None = None
+    end: float = MISSING
 
 
 @dataclass
@@ -306,6 +317,11 @@ class PrefoptConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # A DeepSpeed config (deepspeed=zero2|zero3, conf/deepspeed/); null = plain DDP / single process.
     deepspeed: Any = None
+    # β modifiers of every paired loss with a beta (null = off): adaptive_beta=beta_dpo is β-DPO's dynamic β and
+    # filtering (its schema and defaults: AdaptiveBetaOptions in prefopt/losses/adaptive_beta.py); beta_schedule=
+    # linear|cosine anneals beta over the optimizer steps.
+    adaptive_beta: AdaptiveBetaOptions | None = None
+    beta_schedule: BetaScheduleConfig | None = None
     # What the Hydra main returns to a sweeper (hparams_search=...): a dotted path into summary.json such as
     # benchmark.delta; null = eval.eval/loss. See prefopt/objective.py.
     optimized_metric: str | None = None

@@ -27,7 +27,8 @@ from prefopt.losses.registry import (
     register_loss,
 )
 
-_NOT_LOSSES = {"registry", "common"}
+# Not losses: the registry, shared pieces, and the β modifiers that any β-based paired loss can take.
+_NOT_LOSSES = {"registry", "common", "adaptive_beta", "beta_schedule", "beta_modifiers"}
 
 for _module in pkgutil.iter_modules(__path__):
     if _module.name not in _NOT_LOSSES and not _module.name.startswith("_"):

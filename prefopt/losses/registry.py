@@ -98,6 +98,12 @@ class LossSpec:
         return frozenset(self.needs) | frozenset(extra)
 
     @property
+    def beta_modifiable(self) -> bool:
+        """A paired loss with a ``beta``: the β modifiers (``adaptive_beta``, ``beta_schedule``) may set its β per
+        batch (prefopt/losses/beta_modifiers.py)."""
+        return self.data == "paired" and any(f.name == "beta" for f in dataclasses.fields(self.hparams))
+
+    @property
     def builtin(self) -> bool:
         """Shipped with prefopt (as opposed to a plug-in from ``loss_modules``)."""
         return self.fn.__module__.startswith("prefopt.losses.")

@@ -33,7 +33,7 @@ def evaluate_heldout(scorer, reference, terms, kind, rows, cfg, pad_id, device, 
         weights = micro.weights.to(device)
         logps = score_batch(scorer, reference, batch, kind, required_inputs(terms), weights)
         monitors.add(logps, micro.rows, weights)
-        per_example, metrics = compute_losses(terms, logps, training=False)
+        per_example, metrics = compute_losses(terms, logps, training=False, weights=weights)
         add_weighted(sums, {"loss": per_example, **metrics}, weights)
         count += micro.n_real
     scorer.train()

@@ -23,6 +23,7 @@ from prefopt import benchmarks, losses
 from prefopt import data as data_lib
 from prefopt.data.collate import collate
 from prefopt.errors import ConfigError
+from prefopt.losses.beta_modifiers import BetaControl, beta_control
 from prefopt.models import load_model, load_tokenizer
 from prefopt.reference import Reference, build_reference, reference_class
 from prefopt.scoring import SequenceScorer, check_inputs, required_inputs
@@ -46,6 +47,8 @@ class LossTerm:
     hparams: Any
     weight: float
     state: dict  # a stateful loss's running state (BCO's baseline), checkpointed with the run
+    # The term's β modifiers (adaptive_beta, beta_schedule; None = its own fixed β); their state lives in ``state``.
+    beta: BetaControl | None = None
 
 
 @dataclass
@@ -109,6 +112,7 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     loads (the loop resolves and validates a resume point there)."""
     check_config(cfg)
     terms = build_loss_terms(cfg)  # imports the plug-in modules too (their losses and benchmarks)
+    attach_beta_modifiers(terms, cfg, total_steps=1)  # bad adaptive_beta/beta_schedule values stop here
     if cfg.benchmark.name != "none":
         benchmarks.spec(cfg.benchmark.name)  # a misspelled benchmark stops now, not after training
     kind = data_kind(terms)
@@ -155,6 +159,7 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     if cfg.trainer.max_steps > 0:
         total_steps = min(total_steps, cfg.trainer.max_steps)
     scheduler = make_scheduler(optimizer, cfg.optimizer, total_steps)
+    attach_beta_modifiers(terms, cfg, total_steps)
     config = OmegaConf.to_container(cfg, resolve=True)
 
     configure_fsdp(accelerator, policy)  # FSDP: one shard unit per decoder layer; float32 log-prob outputs
@@ -233,6 +238,26 @@ def build_loss_terms(cfg: DictConfig) -> list[LossTerm]:
     if "unpaired" in kinds and len(kinds) > 1:
         raise ConfigError(f"loss: unpaired and paired losses cannot be combined ({', '.join(cfg.loss)})")
     return terms
+
+
+def attach_beta_modifiers(terms: list[LossTerm], cfg: DictConfig, total_steps: int) -> None:
+    """Give every term whose loss takes a β the run's β modifiers (``adaptive_beta``, ``beta_schedule``)."""
+    settings = {}
+    for key in ("adaptive_beta", "beta_schedule"):
+        node = cfg.get(key)
+        settings[key] = OmegaConf.to_container(node, resolve=True) if node is not None else None
+    if not any(settings.values()):
+        return
+    for term in terms:
+        try:
+            term.beta = beta_control(term.spec, term.hparams, term.state, adaptive=settings["adaptive_beta"],
+                                     schedule=settings["beta_schedule"], total_steps=total_steps)
+        except losses.LossConfigError as err:
+            raise ConfigError(str(err)) from None
+    if all(t.beta is None for t in terms):
+        keys = " and ".join(k for k, v in settings.items() if v is not None)
+        raise ConfigError(f"{keys}: set, but no configured loss ({', '.join(t.spec.name for t in terms)}) is a paired "
+                          "loss with a beta for it to modify")
 
 
 def data_kind(terms: list[LossTerm]) -> str:

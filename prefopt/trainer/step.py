@@ -50,7 +50,7 @@ def optimizer_step(s, group: list[dict], step: int, epoch: int) -> StepResult:
         with micro_step(s.accelerator, s.scorer, last=j == len(plan) - 1):
             # Policy and reference log-probs, plus whatever extra inputs the losses declared.
             logps = score_batch(s.scorer, s.reference, batch, s.kind, s.needs, weights)
-            per_example, metrics = compute_losses(s.terms, logps, training=True)
+            per_example, metrics = compute_losses(s.terms, logps, training=True, step=step, weights=weights)
             loss = (per_example * weights).sum() * backward_scale(s.accelerator) / n_step
             loss = faults.poison_loss(loss, step)
             if not torch.isfinite(loss):
@@ -80,14 +80,23 @@ def optimizer_step(s, group: list[dict], step: int, epoch: int) -> StepResult:
     return StepResult(record, n_step, tokens, elapsed, skipped)
 
 
-def compute_losses(terms, logps, training: bool) -> tuple[torch.Tensor, dict]:
+def compute_losses(terms, logps, training: bool, step: int | None = None,
+                   weights: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
     """The loss call: the weighted sum of the configured losses over one batch; returns per-example losses
     ``(B,)`` and metrics. ``training`` lets stateful losses (BCO's running baseline) move their state only on
-    train batches."""
+    train batches. A term with β modifiers gets this batch's β (a schedule reads ``step``, the optimizer step)
+    and may scale its pairs (β-DPO's filtering; ``weights`` marks the real rows)."""
     total = None
     metrics: dict[str, torch.Tensor] = {}
     for term in terms:
-        out = losses.call(term.spec, logps, term.hparams, term.state, training=training)
+        hparams, scale = term.hparams, None
+        if term.beta is not None:
+            hparams, scale, beta_metrics = term.beta(hparams, logps, training, step, weights)
+            for key, value in beta_metrics.items():
+                metrics.setdefault(key, value)
+        out = losses.call(term.spec, logps, hparams, term.state, training=training)
+        if scale is not None:
+            out.losses = out.losses * scale
         total = term.weight * out.losses if total is None else total + term.weight * out.losses
         for key, value in out.metrics.items():
             metrics.setdefault(key, value)
