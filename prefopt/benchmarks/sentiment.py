@@ -128,3 +128,14 @@ def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dic
     ]
     result["examples"] = result["items"][:5]
     return result
+
+
+_ANALYZER: SentimentIntensityAnalyzer | None = None
+
+
+def gold_score(texts: list[str]) -> list[float]:
+    """The task's ground-truth reward, VADER's compound score in [-1, 1]; labeller=gold asks for it."""
+    global _ANALYZER
+    if _ANALYZER is None:
+        _ANALYZER = SentimentIntensityAnalyzer()
+    return [_ANALYZER.polarity_scores(text)["compound"] for text in texts]

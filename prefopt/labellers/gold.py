@@ -1,0 +1,40 @@
+"""``labeller=gold``: the benchmark's ground-truth reward as the labeller (VADER for the sentiment task).
+
+A benchmark offers a gold scorer by defining ``gold_score(texts) -> list[float]`` in its module; the labeller
+asks the configured benchmark for it rather than knowing benchmark names. With a gold labeller the online
+regime is the DPO paper's idealized setting: preferences from the very reward the run is judged by.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from prefopt import benchmarks
+from prefopt.errors import ConfigError
+from prefopt.labellers import Labeller, register_labeller
+
+
+@register_labeller("gold")
+class GoldLabeller(Labeller):
+    pairwise = False
+
+    def __init__(self, scorer, source: str):
+        super().__init__()
+        self.scorer = scorer
+        self.source = source
+
+    @classmethod
+    def from_config(cls, lcfg, bcfg):
+        name = bcfg.name if bcfg is not None else "none"
+        if name == "none":
+            raise ConfigError("labeller=gold uses the benchmark's ground-truth scorer, but benchmark=none "
+                              "(pick a benchmark with one, e.g. benchmark=sentiment)")
+        module = importlib.import_module(benchmarks.spec(name).run.__module__)
+        scorer = getattr(module, "gold_score", None)
+        if scorer is None:
+            raise ConfigError(f"labeller=gold: benchmark={name} has no ground-truth scorer (gold_score); "
+                              "use labeller=judge or labeller=reward_model")
+        return cls(scorer, name)
+
+    def score(self, prompts, completions):
+        return self.timed(self.scorer, list(completions), labels=len(completions), calls=len(completions))
