@@ -222,8 +222,9 @@ def load_study(dirs, benchmark: str | None = None) -> Study:
             row[key] = run["flat"].get(key)
         row.update(_run_scalars(summary))
         rows.append(row)
+    for row in rows:
+        row["condition"] = condition_label(row, keys)
     runs = pd.DataFrame(rows)
-    runs["condition"] = [condition_label(r, keys) for r in runs.to_dict("records")]
     for run, row in zip(found, rows, strict=True):
         if row["status"] != "completed":
             continue
