@@ -59,7 +59,9 @@ LOSS_CONF = Path(CONF_DIR) / "loss"
 class ModelConfig:
     # Hub id, local directory, or a built-in name (smollm2-135m, tiny).
     name_or_path: str = MISSING
-    # auto = bf16 on a bf16-capable GPU, fp32 on CPU.
+    # The dtype the weights load as: auto = what trainer.precision trains (float32 master weights, also for
+    # bf16 autocast on a GPU; bfloat16 only for trainer.precision=pure_bf16). An explicit float32/bfloat16
+    # must agree with trainer.precision (prefopt/trainer/precision.py).
     dtype: str = "auto"
     trust_remote_code: bool = False
     # A Jinja chat template to use instead of the tokenizer's; tokenizers without one get Zephyr's.
@@ -202,11 +204,21 @@ class TrainerConfig:
     group_by_length: bool = True
     # Run each pair's prompt once for chosen and rejected (packed rows, block attention mask).
     share_prompt: bool = True
+    # Padding-free batches: every sequence (or shared-prompt pair) of a micro-batch in one row, position ids
+    # restarting per sequence, attention confined to each (prefopt/scoring/layout.py). Pays off where the
+    # kernel skips masked blocks (model.attn_implementation=flex_attention or flash_attention_2 on a GPU); with
+    # sdpa/eager (CPU) the mask is dense over the whole batch's tokens, so attention does more work, not less.
+    packing: bool = False
     # Above this many completion tokens in one forward, the vocabulary projection and its log-sum-exp run over
     # chunks of this many tokens (prefopt/scoring/logps.py), so memory no longer grows with tokens x vocabulary
     # (SmolLM2: 4096 tokens of float32 logits are 0.8 GB). At or below it the unchunked path runs unchanged;
     # the default keeps short-row runs bit-identical. Real-length runs: 256-1024.
     logps_chunk_rows: int = 4096
+    # auto | fp32 | bf16_autocast | pure_bf16 (prefopt/trainer/precision.py). auto = bf16_autocast on a
+    # bf16-capable GPU (float32 master weights and AdamW states, bf16 autocast), fp32 on CPU; pure_bf16 keeps
+    # weights and optimizer states in bf16, where updates below bf16's spacing (lr 5e-7 on weights ~0.02) are lost.
+    # It decides accelerate's mixed_precision; an accelerate config file's value is ignored.
+    precision: str = "auto"
     # Write a resumable checkpoint (model, optimizer, scheduler, RNG, data position, metrics offset) every
     # N optimizer steps into <run_dir>/checkpoints/; 0 = none.
     checkpoint_every: int = 0
@@ -245,12 +257,13 @@ class JudgeConfig:
 @dataclass
 class BenchmarkConfig:
     # Generation benchmark run at the end of training (and by prefopt.evaluate):
-    # none | sentiment | mt_bench | alpaca_eval (see prefopt/benchmarks).
+    # none | sentiment | mt_bench | alpaca_eval | alpaca_eval_pairwise (see prefopt/benchmarks).
     name: str = "sentiment"
     # sentiment: builtin (the packaged held-out prompts), imdb (hub stanfordnlp/imdb, test split, as in the
     # DPO paper), or a JSON/JSONL/Parquet path or hub id (its test split) with a prompt column, or with a
     # text column (IMDb reviews: the first prefix_words words become the prompt).
-    # mt_bench: FastChat's question.jsonl; alpaca_eval: an AlpacaEval outputs/eval-set JSON.
+    # mt_bench: FastChat's question.jsonl or hub HuggingFaceH4/mt_bench_prompts; alpaca_eval(_pairwise): an
+    # AlpacaEval outputs JSON, or hub tatsu-lab/alpaca_eval[/<file>] (prefopt/benchmarks/alpaca_data.py).
     prompts: str = "builtin"
     # How many prompts/questions/instructions (from the top); -1 = all.
     num_prompts: int = 48
@@ -272,21 +285,52 @@ class BenchmarkConfig:
     # mt_bench: FastChat's judge_prompts.jsonl and reference_answer/gpt-4.jsonl.
     judge_prompts: str | None = None
     reference_answers: str | None = None
-    # alpaca_eval: the reference output set the win rate is computed against (AlpacaEval JSON).
+    # alpaca_eval(_pairwise): the reference output set the win rate is computed against (as prompts).
     reference_outputs: str | None = None
+    # alpaca_eval: the alpaca_eval package's annotator config (a name in its evaluators_configs/, or a
+    # configs.yaml path); the default is the AlpacaEval 2 leaderboard's.
+    annotator: str = "weighted_alpaca_eval_gpt4_turbo"
+    # alpaca_eval: a local copy of the hub's tatsu-lab/alpaca_eval df_gamed.csv, which the LC win rate needs;
+    # null = download it (offline without a copy: raw win rate only, said in one line before judging).
+    lc_difficulties: str | None = None
     judge: JudgeConfig = field(default_factory=JudgeConfig)
 
 
 @dataclass
 class LoggerConfig:
-    # jsonl: metrics.jsonl only. wandb: metrics.jsonl and Weights & Biases.
+    # metrics.jsonl is always written; the name adds one tracker: jsonl (none), wandb, tensorboard, mlflow, or
+    # accelerate (any tracker accelerate supports, named by tracker). See prefopt/sinks.py, docs/tracking.md.
     name: str = "jsonl"
+    # logger=accelerate: accelerate's tracker name (aim, comet_ml, clearml, dvclive, swanlab, trackio, ...).
+    tracker: str | None = None
+    # W&B project; the MLflow experiment and other trackers' project outside a sweep.
     project: str = "prefopt"
     entity: str | None = None
+    # null = in a multirun, the sweep directory (one W&B group / MLflow experiment per sweep); else none.
     group: str | None = None
     tags: list[str] = field(default_factory=list)
-    # auto: online with an API key (WANDB_API_KEY or ~/.netrc), offline otherwise, so it never blocks.
+    # wandb: auto = online with an API key (WANDB_API_KEY or ~/.netrc), offline otherwise, so it never blocks.
     mode: str = "auto"
+    # Trackers that keep files (tensorboard, aim, ...): null = <run_dir>/<tracker>, a sweep's
+    # <sweep dir>/<tracker>/<job>.
+    log_dir: str | None = None
+    # mlflow: null = a local file store, mlruns/ in the run (or sweep) directory; or an MLflow server URI.
+    tracking_uri: str | None = None
+    # Keyword arguments for the tracker's class (accelerate's init_kwargs for that tracker).
+    init_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class HubConfig:
+    # Push <run_dir>/model (weights, tokenizer, model card) to the Hugging Face Hub after training. Checked
+    # before any model loads: a missing repo_id or token, or HF_HUB_OFFLINE=1, stops the run up front.
+    push: bool = False
+    # user/name or org/name; created if absent.
+    repo_id: str | None = None
+    # null = the Hub's default for the account (public), as HF's hub_private_repo.
+    private: bool | None = None
+    # The environment variable holding the token; when unset, the token `hf auth login` saved.
+    token_env: str = "HF_TOKEN"
 
 
 @dataclass
@@ -313,8 +357,10 @@ class PrefoptConfig:
     # null = a fresh run (an error if run_dir already holds one); auto = continue from the newest checkpoint
     # in run_dir (a fresh start if there is none yet); or a checkpoint / run directory path.
     resume: str | None = None
-    # Metric sinks: logger=jsonl (metrics.jsonl only, always written) or logger=wandb (also W&B).
+    # Metric sinks: metrics.jsonl (always) and logger=wandb|tensorboard|mlflow|accelerate (one tracker).
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    # hub.push=true hub.repo_id=user/name: push the saved model and its card to the Hub after training.
+    hub: HubConfig = field(default_factory=HubConfig)
     # A DeepSpeed config (deepspeed=zero2|zero3, conf/deepspeed/); null = plain DDP / single process.
     deepspeed: Any = None
     # β modifiers of every paired loss with a beta (null = off): adaptive_beta=beta_dpo is β-DPO's dynamic β and

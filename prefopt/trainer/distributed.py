@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from prefopt.errors import PrefoptError
+from prefopt.trainer.precision import precision_of
 
 
 class DistributedConfigError(PrefoptError, ValueError):
@@ -81,11 +82,9 @@ def deepspeed_config(cfg) -> dict[str, Any] | None:
     ds["train_batch_size"] = cfg.trainer.batch_size * world
     clip = cfg.optimizer.max_grad_norm
     ds["gradient_clipping"] = float(clip) if clip > 0 else 0.0
-    dtype = cfg.model.dtype
-    if dtype in ("bf16", "bfloat16"):
+    # DeepSpeed's bf16 keeps float32 master weights in its optimizer: both bf16 precisions map to it.
+    if precision_of(cfg.trainer.get("precision", "auto"), cfg.model.dtype).bf16:
         ds["bf16"] = {"enabled": True}
-    elif dtype in ("fp16", "float16"):
-        ds["fp16"] = {"enabled": True}
     stage = ds.get("zero_optimization", {}).get("stage", 0)
     if stage not in (0, 1, 2, 3):
         raise DistributedConfigError(f"deepspeed.zero_optimization.stage={stage}: must be 0, 1, 2 or 3")
@@ -149,7 +148,7 @@ def fsdp_param_dtype(accelerator) -> torch.dtype | None:
 
 
 def configure_fsdp(accelerator, policy) -> None:
-    """Two corrections to accelerate's FSDP2 set-up, made before ``prepare``.
+    """Three corrections to accelerate's FSDP2 set-up, made before ``prepare`` (the third: gradients reduce in float32).
 
     Wrapping: TRANSFORMER_BASED_WRAP shards each decoder layer on its own, found through the prepared module's
     ``_no_split_modules``; the prepared module is the SequenceScorer, which has none, so the policy's are used
@@ -170,7 +169,11 @@ def configure_fsdp(accelerator, policy) -> None:
         plugin.transformer_cls_names_to_wrap = list(names) if names else None
     mp_policy = plugin.mixed_precision_policy
     if getattr(mp_policy, "output_dtype", None) is not None:
-        plugin.mixed_precision_policy = dataclasses.replace(mp_policy, output_dtype=None)
+        plugin.mixed_precision_policy = mp_policy = dataclasses.replace(mp_policy, output_dtype=None)
+    if getattr(mp_policy, "param_dtype", None) is not None and mp_policy.reduce_dtype != torch.float32:
+        # accelerate reduces gradients in the parameter dtype (bf16); the float32 master weights are updated
+        # from float32 sums, as DDP's reduce of float32 gradients does.
+        plugin.mixed_precision_policy = dataclasses.replace(mp_policy, reduce_dtype=torch.float32)
 
 
 def describe(accelerator, model) -> dict[str, Any]:
@@ -213,7 +216,9 @@ def make_accelerator(cfg, reference):
         if not cuda:
             _fsdp_on_cpu()
     if ds is None:
-        accelerator = Accelerator(cpu=not cuda)
+        # trainer.precision decides, not the launch config's mixed_precision (precision.py).
+        mixed = precision_of(cfg.trainer.get("precision", "auto"), cfg.model.dtype).mixed_precision
+        accelerator = Accelerator(cpu=not cuda, mixed_precision=mixed)
         if fsdp_requested() and accelerator.distributed_type != DistributedType.FSDP:
             # accelerate would otherwise fall back to DDP without a word.
             kind = str(accelerator.distributed_type).split(".")[-1]

@@ -23,10 +23,13 @@ from prefopt import benchmarks, losses
 from prefopt import data as data_lib
 from prefopt.data.collate import collate
 from prefopt.errors import ConfigError
+from prefopt.hub import check_hub
 from prefopt.losses.beta_modifiers import BetaControl, beta_control
 from prefopt.models import load_model, load_tokenizer
 from prefopt.reference import Reference, build_reference, reference_class
 from prefopt.scoring import SequenceScorer, check_inputs, required_inputs
+from prefopt.scoring.layout import attention_kind, flex_backward_ok
+from prefopt.sinks import check_logger
 from prefopt.trainer.batching import batches, steps_per_epoch
 from prefopt.trainer.distributed import (
     configure_fsdp,
@@ -35,6 +38,7 @@ from prefopt.trainer.distributed import (
     make_accelerator,
     prepare_reference,
 )
+from prefopt.trainer.precision import resolve_precision
 
 log = logging.getLogger("prefopt.train")
 
@@ -111,6 +115,7 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     """Build the run. ``before_loading(accelerator)`` runs once the processes exist and before anything heavy
     loads (the loop resolves and validates a resume point there)."""
     check_config(cfg)
+    resolve_precision(cfg)  # model.dtype and trainer.precision resolved in cfg: every later load reads them
     terms = build_loss_terms(cfg)  # imports the plug-in modules too (their losses and benchmarks)
     attach_beta_modifiers(terms, cfg, total_steps=1)  # bad adaptive_beta/beta_schedule values stop here
     if cfg.benchmark.name != "none":
@@ -125,6 +130,7 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     # DDP when launched with several processes, DeepSpeed with deepspeed=zero2|zero3, FSDP2 when accelerate
     # is launched with conf/accelerate/fsdp*.yaml (distributed.py).
     accelerator = make_accelerator(cfg, reference_cls)
+    check_attention(cfg, accelerator.device)
     set_seed(cfg.seed)
     if before_loading is not None:
         before_loading(accelerator)
@@ -149,10 +155,11 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
         cfg.reference, cfg.model, policy, needs_reference, [t.spec.name for t in terms], accelerator.device,
         batches=every_batch if reference_cls.needs_dataset_pass else None,
         truncation={"max_length": cfg.dataset.max_length, "max_prompt_length": cfg.dataset.max_prompt_length},
-        share_prompt=cfg.trainer.share_prompt, precision=accelerator.autocast,
+        share_prompt=cfg.trainer.share_prompt, packing=cfg.trainer.packing, precision=accelerator.autocast,
         precision_name=str(accelerator.mixed_precision), param_dtype=fsdp_param_dtype(accelerator),
         chunk_rows=cfg.trainer.logps_chunk_rows)
-    scorer = SequenceScorer(policy, share_prompt=cfg.trainer.share_prompt, chunk_rows=cfg.trainer.logps_chunk_rows)
+    scorer = SequenceScorer(policy, share_prompt=cfg.trainer.share_prompt, chunk_rows=cfg.trainer.logps_chunk_rows,
+                            packing=cfg.trainer.packing)
     optimizer = make_optimizer(scorer.parameters(), cfg.optimizer)
     per_epoch = steps_per_epoch(len(datasets.train), cfg, accelerator.num_processes)
     total_steps = per_epoch * cfg.epochs
@@ -189,8 +196,12 @@ def check_config(cfg: DictConfig) -> None:
         (0 <= cfg.optimizer.warmup_ratio < 1, f"optimizer.warmup_ratio={cfg.optimizer.warmup_ratio}: must be in [0, 1)"),
         (cfg.optimizer.max_grad_norm >= 0, f"optimizer.max_grad_norm={cfg.optimizer.max_grad_norm}: must be >= 0"),
         (cfg.optimizer.name in ("adamw", "rmsprop"), f"optimizer.name={cfg.optimizer.name!r}: must be adamw or rmsprop"),
-        (cfg.optimizer.scheduler in ("linear", "cosine", "constant"),
-         f"optimizer.scheduler={cfg.optimizer.scheduler!r}: must be linear, cosine or constant"),
+        (cfg.optimizer.scheduler in SCHEDULERS,
+         f"optimizer.scheduler={cfg.optimizer.scheduler!r}: must be one of {', '.join(SCHEDULERS)}"),
+        (cfg.optimizer.scheduler not in NO_WARMUP or cfg.optimizer.warmup_ratio == 0,
+         f"optimizer.scheduler={cfg.optimizer.scheduler}: has no warmup (as in transformers), but "
+         f"optimizer.warmup_ratio={cfg.optimizer.warmup_ratio}; use constant_with_warmup or set "
+         f"optimizer.warmup_ratio=0"),
         (cfg.trainer.batch_size >= 1, f"trainer.batch_size={cfg.trainer.batch_size}: must be >= 1"),
         (cfg.trainer.grad_accum >= 1, f"trainer.grad_accum={cfg.trainer.grad_accum}: must be >= 1"),
         (cfg.trainer.eval_every >= 0, f"trainer.eval_every={cfg.trainer.eval_every}: must be >= 0"),
@@ -202,13 +213,29 @@ def check_config(cfg: DictConfig) -> None:
          f"trainer.on_nonfinite={cfg.trainer.on_nonfinite!r}: must be stop or skip"),
         (cfg.trainer.checkpoint_every >= 0, f"trainer.checkpoint_every={cfg.trainer.checkpoint_every}: must be >= 0"),
         (cfg.trainer.keep_last >= 0, f"trainer.keep_last={cfg.trainer.keep_last}: must be >= 0"),
-        (cfg.logger.name in ("jsonl", "wandb"), f"logger.name={cfg.logger.name!r}: must be jsonl or wandb"),
         (cfg.logger.mode in ("auto", "online", "offline", "disabled"),
          f"logger.mode={cfg.logger.mode!r}: must be auto, online, offline or disabled"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
+    check_scheduler(cfg.optimizer)
+    check_logger(cfg.logger)  # an unknown tracker, or one not installed
+    check_hub(cfg.hub, cfg.trainer.save_model)  # a push that could not happen, found before training
+
+
+def check_attention(cfg: DictConfig, device) -> None:
+    """Attention implementations that cannot run this configuration, refused before any model loads."""
+    impl = cfg.model.attn_implementation
+    kind = attention_kind(impl)
+    if kind == "varlen" and cfg.trainer.share_prompt:
+        # Prompt sharing needs a mask in which the rejected branch skips the chosen one; flash kernels take none.
+        raise ConfigError(f"trainer.share_prompt=true needs an attention mask, which model.attn_implementation={impl} "
+                          "cannot take; set trainer.share_prompt=false (trainer.packing=true stays padding-free) or "
+                          "model.attn_implementation=flex_attention")
+    if kind == "flex" and not flex_backward_ok(device):
+        raise ConfigError(f"model.attn_implementation={impl}: torch {torch.__version__} has no FlexAttention backward "
+                          f"on device {device}; train with sdpa there (the dense mask) or on a GPU")
 
 
 def check_reference_fits(cfg: DictConfig, reference: type[Reference]) -> None:
@@ -281,17 +308,35 @@ def make_optimizer(params, ocfg):
     return torch.optim.RMSprop(params, lr=ocfg.lr, eps=ocfg.eps, weight_decay=ocfg.weight_decay)
 
 
+# transformers' schedules, except reduce_lr_on_plateau (stepped by a metric, not once per optimizer step) and
+# greedy (stepped by the loss).
+SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+              "inverse_sqrt", "cosine_with_min_lr", "cosine_warmup_with_min_lr", "warmup_stable_decay")
+# transformers' constant ignores num_warmup_steps; a warmup_ratio given with it would silently do nothing.
+NO_WARMUP = ("constant",)
+
+
+def warmup_steps(ocfg, total_steps: int) -> int:
+    # TrainingArguments.get_warmup_steps rounds a ratio up the same way.
+    return math.ceil(ocfg.warmup_ratio * total_steps)
+
+
+def check_scheduler(ocfg) -> None:
+    """A schedule transformers cannot build from these values (an unknown or missing scheduler_kwargs entry)
+    stops now, before the model loads."""
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    try:
+        make_scheduler(probe, ocfg, total_steps=10)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"optimizer.scheduler_kwargs={dict(ocfg.scheduler_kwargs or {})} do not fit "
+                          f"optimizer.scheduler={ocfg.scheduler}: {err}") from None
+
+
 def make_scheduler(optimizer, ocfg, total_steps: int):
-    warmup = math.ceil(ocfg.warmup_ratio * total_steps)
+    """``transformers.get_scheduler``: the same learning rate at every step as a Trainer with the same
+    ``lr_scheduler_type``, ``warmup_ratio`` and ``lr_scheduler_kwargs`` (warmup from 0, linear decay to 0)."""
+    from transformers import get_scheduler
 
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / (warmup + 1)
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        if ocfg.scheduler == "linear":
-            return max(0.0, 1.0 - progress)
-        if ocfg.scheduler == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    kwargs = OmegaConf.to_container(ocfg.scheduler_kwargs, resolve=True) if ocfg.scheduler_kwargs else {}
+    return get_scheduler(ocfg.scheduler, optimizer, num_warmup_steps=warmup_steps(ocfg, total_steps),
+                         num_training_steps=total_steps, scheduler_specific_kwargs=kwargs)

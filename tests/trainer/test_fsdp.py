@@ -131,12 +131,13 @@ def test_fsdp_two_processes_match_single_process(config, extra_args, overrides, 
 
 @pytest.mark.slow
 def test_fsdp_bf16_reference_computes_at_the_policy_precision(tmp_path):
-    """fsdp.yaml as shipped (bf16 mixed precision) on a float32 model: the reference runs under the policy's
+    """fsdp.yaml with trainer.precision=bf16_autocast (the GPU default) on a float32 model: the reference runs under the policy's
     autocast, so before the first update policy and reference agree and the first DPO loss is log 2
     (with a float32 reference it was 0.686: every implicit reward biased from step 0)."""
     run_dir = tmp_path / "bf16"
     launch_fsdp("fsdp.yaml", ["--num_processes", "2"],
-                TINY + ["trainer.batch_size=2", "trainer.grad_accum=1", "trainer.max_steps=1"], run_dir)
+                TINY + ["trainer.batch_size=2", "trainer.grad_accum=1", "trainer.max_steps=1",
+                        "trainer.precision=bf16_autocast"], run_dir)
     first = [r for r in read_metrics(run_dir) if r["split"] == "train"][0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
