@@ -44,13 +44,15 @@ def cal_dpo(logps: PairLogps, hp: CalDPOHparams) -> LossOutput:
     likelihood cannot fall while the margin grows. c = ``calibration_weight``: 1 in the paper, 0.5 in
     the authors' code. The calibration term alone is SPPO-hard's loss.
 
-    Checked against the authors' code, github.com/tengxiao1/Cal-DPO, scripts/dpo_trainer.py
-    (``DPOTrainer.dpo_loss``, loss_type "Cal-DPO"): the same log-ratios (sums over completion tokens),
+    Checked against the authors' code, github.com/tengxiao1/Cal-DPO (commit 7d16b46), scripts/dpo_trainer.py
+    (``DPOTrainer.dpo_loss``, loss_type "Cal-DPO", lines 1211-1216): the same log-ratios (sums over completion tokens),
     the same unscaled sigmoid and targets ±1/(2β); it adds ``0.5 * Cal_loss`` (hence the flag) and takes
     ``F.mse_loss`` over the batch, whose mean equals the batch mean of the per-example terms here.
 
     Shapes: every input ``(B,)`` (per-sequence sums over completion tokens); returns losses ``(B,)``.
     Metrics: rewards/* = β·log(π/π_ref), logps/*, and ``calibration`` = the bracket above (before c).
+    The paper's equation number is not cited: its full text was not reachable from this workplace (issue 12's
+    check was against the code above; the formula is the abstract's "calibrate log π/π_ref to r/β", r = ±1/2).
     """
     logps = prepare(logps, hp)
     chosen_lr, rejected_lr = logratios(logps)

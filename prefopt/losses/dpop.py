@@ -45,9 +45,13 @@ def dpop(logps: PairLogps, hp: DPOPHparams) -> LossOutput:
     so DPOP then equals DPO; once the chosen likelihood drops, the gradient on log π(y_w) grows by
     (1 + λ)·β·σ(-z) against DPO's β·σ(-z). λ = 0 is DPO exactly.
 
-    No official code: the authors published none (github.com/abacusai/smaug holds only the README and a
-    datasheet; its issue #2 "Will you release the code?" is where they confirmed the bracketing fix of
+    No official code: the authors published none (github.com/abacusai/smaug, commit 7e5394e, holds only the
+    README, a datasheet and images; its issue #2 "Will you release the code?" is where they confirmed the bracketing fix of
     Eq. 3). Community versions there that add -λ·p outside the sigmoid are not the paper's objective.
+
+    Unverified here (issue 12): the equation number and the revision. The paper's full text was not reachable
+    from this workplace and the README states no formula; the formula above is the paper's as this module
+    first transcribed it.
 
     Takes the shared reference-loss modifiers (``ld_alpha``, ``wpo``) like DPO; p is computed on the
     LD-weighted log-probs when ``ld_alpha`` < 1.

@@ -34,9 +34,10 @@ def simper(logps: PairLogps, hp: SimPERHparams) -> LossOutput:
     mean log-prob is that sequence's own inverse perplexity (bounded, so confidently rejected
     completions stop being pushed down).
 
-    Checked against the authors' code, github.com/tengxiao1/SimPER, scripts/simper_trainer.py
-    (``simpo_loss`` with loss_type "SimPER", log-probs from ``get_batch_logps(average_log_prob=True)``):
-    the same objective. That trainer's optional ``sft_weight`` NLL term (default 0) is not part of
+    Checked against the authors' code, github.com/tengxiao1/SimPER (commit db08c97), scripts/simper_trainer.py
+    (``simpo_loss`` with loss_type "SimPER", lines 588-591: ``-exp(chosen) + exp(rejected)`` on log-probs from
+    ``get_batch_logps(average_log_prob=True)``, i.e. token means): the same objective. The paper's equation
+    number is not cited (its full text was not reachable from this workplace). That trainer's optional ``sft_weight`` NLL term (default 0) is not part of
     SimPER; combine ``loss=[simper,sft]`` for it.
 
     Shapes: inputs and lengths ``(B,)`` (log-probs summed over completion tokens); returns ``(B,)``.
