@@ -1,10 +1,15 @@
 """Paper figure 1: the DPO paper's reward–KL frontier (its Fig. 2, left) in miniature, for DPO and IPO.
 
-    python experiments/paper_frontier.py frontier          # the 6 runs (3-15 min each on 2 cores)
+    python experiments/paper_frontier.py frontier          # the runs (3-15 min each on 2 cores, per seed)
     python paper_figures/fig1_reward_kl_frontier.py        # this figure, seconds
 
-Reads only the run directories in paper_figures/sweeps/frontier*/ (config.yaml, summary.json) and writes
-paper_figures/fig1_reward_kl_frontier.png, printing the numbers it plots.
+Reads only the run directories in paper_figures/sweeps/frontier*/ through ``prefopt.study`` (the same
+numbers as ``python -m prefopt.study``, aggregated over seeds) and writes
+paper_figures/fig1_reward_kl_frontier.png with .pdf and .svg beside it, printing the numbers it plots.
+Left: each loss's frontier, its β joined in order, with 95% CIs on both axes (a crossed bootstrap over
+seeds and prompts); β labels placed so that none overlaps another or a point. Right: each loss's reward
+at a common KL grid, interpolated along its frontier (never extrapolated), with its CI. With one seed the
+CIs cover prompts only, and the figure says so.
 
 Scale, honestly: SmolLM2-135M-Instruct on 2 CPU cores, each run the size of the README's default run
 (3 epochs over 64 of the built-in sentiment pairs, 8 pairs per step = 24 steps, lr 1e-5), β in
@@ -18,50 +23,62 @@ scale a CPU finishes, not that result. With 48 prompts the CIs are wide: read th
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import matplotlib.pyplot as plt  # noqa: E402
-import yaml  # noqa: E402
+import matplotlib  # noqa: E402
 
-from analysis import load_runs, plots  # noqa: E402
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from analysis import study  # noqa: E402
+from prefopt.io import atomic_write_bytes  # noqa: E402
+
+# Vector files must not depend on the machine's clock or font subsetting ids, so reruns diff cleanly.
+SAVE = {"png": {"dpi": 130}, "pdf": {"metadata": {"CreationDate": None}}, "svg": {"metadata": {"Date": None}}}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    # Every frontier sweep folder (a rerun of a failed job, or extra β, sits beside the first sweep).
+    # Every frontier sweep folder (a rerun of a failed job, or extra β or seeds, sits beside the first sweep).
     parser.add_argument("--runs", nargs="+",
                         default=[str(p) for p in sorted((ROOT / "paper_figures" / "sweeps").glob("frontier*"))])
     parser.add_argument("--out", default=str(ROOT / "paper_figures" / "fig1_reward_kl_frontier.png"))
+    parser.add_argument("--bootstrap", type=int, default=2000)
     args = parser.parse_args()
-    runs = load_runs(args.runs)
-    done = runs[runs["status"] == "completed"]
-    if done.empty:
-        raise SystemExit(f"{args.runs}: no completed runs; run experiments/paper_frontier.py frontier first")
-    if len(done) < len(runs):
-        print(f"note: {len(runs) - len(done)} of {len(runs)} runs are not completed and are left out")
-    columns = ["loss", "beta", "steps", "sentiment/kl_estimate", "sentiment/kl_ci_low", "sentiment/kl_ci_high",
-               "sentiment/policy_mean", "sentiment/reference_mean", "sentiment/delta", "sentiment/delta_ci_low",
-               "sentiment/delta_ci_high", "sentiment/wilcoxon_p", "sentiment/win_rate", "eval/rewards/margins",
-               "eval/rewards/accuracies"]
-    table = done[[c for c in columns if c in done]].sort_values(["loss", "beta"])
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    result = study.run_study(args.runs, write=False, replicates=args.bootstrap)
+    frames = study.frames(result)
+    cols = ["condition", "seeds", "prompts", "kl", "kl_ci_low", "kl_ci_high", "reward", "reward_ci_low",
+            "reward_ci_high", "delta", "delta_ci_low", "delta_ci_high"]
+    print(frames["conditions"][cols].to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(frames["at_kl"][["frontier", "kl", "estimate", "ci_low", "ci_high"]].to_string(
+        index=False, float_format=lambda v: f"{v:.4f}"))
+    for m in result["missing"]:
+        print(f"left out: {m['run'] or m['condition']} ({m['status']})")
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    plots.plot_reward_kl_frontier(done, "sentiment", ax=left)
-    left.set_title("reward vs KL(π‖π_ref), one point per run")
-    plots.plot_benchmark_delta(done, "sentiment", ax=right)
-    right.set_title("VADER reward: policy − reference (95% CI)")
-    n_prompts = int(done["sentiment/n"].iloc[0])
-    trainer = yaml.safe_load((Path(done["run_dir"].iloc[0]) / "config.yaml").read_text())["trainer"]
-    per_step = trainer["batch_size"] * trainer["grad_accum"]
-    fig.suptitle(f"SmolLM2-135M, sentiment pairs, {int(done['steps'].max())} steps × {per_step} pairs per run; "
-                 f"{n_prompts} held-out prompts", fontsize=10)
+    seeds = result["design"]["seeds"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.4))
+    study.plot_frontiers(result, ax=left)
+    left.set_title("reward vs KL(π‖π_ref): each loss's β in order, 95% CIs")
+    if result["kl_grid"]:
+        study.plot_equal_kl(result, ax=right)
+    right.set_title("reward at equal KL (interpolated along each frontier)")
+    note = (f"{len(seeds)} seeds ({', '.join(map(str, seeds))}): CIs over seeds and prompts" if len(seeds) > 1 else
+            f"1 seed ({seeds[0]}): CIs over prompts only; seed-to-seed variance not included")
+    fig.suptitle(f"SmolLM2-135M, sentiment pairs; {result['design']['prompts']} held-out prompts; {note}",
+                 fontsize=10)
     fig.tight_layout()
-    print(f"wrote {plots.save(fig, args.out)}")
+    out = Path(args.out)
+    for fmt, options in SAVE.items():
+        buf = io.BytesIO()
+        fig.savefig(buf, format=fmt, **options)
+        path = out.with_suffix(f".{fmt}")
+        atomic_write_bytes(path, buf.getvalue())
+        print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -130,7 +130,8 @@ def analyse(study: Study, *, replicates: int = 2000, seed: int = 0, target: floa
                    "samples_per_prompt": samples, "conditions": len(conditions), "runs": int(len(runs)),
                    "completed": int(len(done))},
         "method": {"bootstrap": "crossed seed x prompt (pigeonhole) percentile bootstrap, shared draws across "
-                                "conditions", "replicates": replicates, "seed": seed, "confidence": confidence,
+                                "conditions (per-condition CIs, frontiers, equal-KL SEs)",
+                   "pairwise": "crossed random-effects t-test (method-of-moments SE, Satterthwaite df)", "replicates": replicates, "seed": seed, "confidence": confidence,
                    "alpha": alpha, "power": stats.POWER, "correction": "holm", "target_difference": target,
                    "z_sum": stats.z_sum(alpha)},
         "metrics": {**ITEM_METRICS, **{c: "per-run value, CI over seeds" for c in scalar_cols}},
@@ -200,8 +201,11 @@ def _equal_beta_pairs(cond_out, keys, conditions, reward, ws, wp, target, alpha,
             if target is not None and comps["prompt"] is not None:
                 # Without a seed component the prompt/cell split is not identified either: plan only the
                 # seeds that were run.
-                options = sorted({n_seeds, *PLAN_SEEDS}) if comps["seed"] is not None else [n_seeds]
-                entry["plan"] = {"target": target, "seed_variance_estimated": comps["seed"] is not None,
+                estimated = comps["seed"] is not None
+                fewest = stats.seeds_needed(comps, target, alpha) if estimated else None
+                options = sorted({n_seeds, *PLAN_SEEDS} | ({fewest} if fewest else set())) if estimated \
+                    else [n_seeds]
+                entry["plan"] = {"target": target, "seed_variance_estimated": estimated, "fewest_seeds": fewest,
                                  "options": [{"seeds": s, "prompts": stats.prompts_needed(comps, target, s, alpha)}
                                              for s in options]}
             out.append(entry)
@@ -260,8 +264,8 @@ def _warnings(n_seeds: int, done: pd.DataFrame) -> list[str]:
         out.append("one seed: the CIs cover prompts only; the seed-to-seed variance is neither estimated nor "
                    "included, and the plans assume it is 0")
     elif n_seeds < 5:
-        out.append(f"{n_seeds} seeds: a bootstrap over so few seeds understates the seed-to-seed part of the "
-                   "uncertainty (see docs/study.md)")
+        out.append(f"{n_seeds} seeds: the per-condition bootstrap CIs understate the seed-to-seed part of the "
+                   "uncertainty with so few seeds; the pairwise t-tests do not (see docs/study.md)")
     dup = done.groupby(["condition", "seed"]).size()
     for (cond, seed), n in dup[dup > 1].items():
         out.append(f"{n} completed runs of {cond} with seed {seed}: their items are averaged per prompt")

@@ -41,7 +41,8 @@ def _ci(entry: dict | None) -> str:
     return f"{_fmt(entry['estimate'])} [{_fmt(entry.get('ci_low'))}, {_fmt(entry.get('ci_high'))}]"
 
 
-def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsize: float = 7, **kwargs) -> list:
+def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsize: float = 7,
+                 colors: list | None = None, **kwargs) -> list:
     """Annotate each point with its text at the first of a ring of offsets whose box overlaps no label
     placed before it and no point: a greedy placement, enough for the tens of labels a frontier has."""
     fig = ax.figure
@@ -55,7 +56,7 @@ def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsi
     offsets = [(5, 4), (5, -11), (-5, 4), (-5, -11), (5, 14), (-5, 14), (5, -21), (-5, -21), (12, 24),
                (-12, 24), (12, -31), (-12, -31), (18, 34), (-18, 34), (18, -41), (-18, -41)]
     placed = []
-    for (x, y), text in zip(points, texts, strict=True):
+    for n, ((x, y), text) in enumerate(zip(points, texts, strict=True)):
         px, py = ax.transData.transform((x, y))
         w, h = len(text) * fontsize * 0.6 * scale, fontsize * 1.25 * scale
         choice = offsets[-1]
@@ -66,6 +67,8 @@ def place_labels(ax, points: list[tuple[float, float]], texts: list[str], fontsi
                 choice = (dx, dy)
                 taken.append(box)
                 break
+        if colors is not None:
+            kwargs["color"] = colors[n]
         placed.append(ax.annotate(text, (x, y), textcoords="offset points", xytext=choice, fontsize=fontsize,
                                   ha="right" if choice[0] < 0 else "left", va="bottom", **kwargs))
     return placed
@@ -75,7 +78,7 @@ def plot_frontiers(result: dict, ax=None, label_betas: bool = True):
     """One reward–KL frontier per loss (points joined in β order), both 95% CIs as error bars, β beside
     each point."""
     fig, ax = plt.subplots(figsize=(6.2, 4.4)) if ax is None else (ax.figure, ax)
-    points, texts = [], []
+    points, texts, colors = [], [], []
     for k, f in enumerate(result["frontiers"]):
         pts = [p for p in f["points"] if p["kl"] is not None and math.isfinite(p["kl"])]
         if not pts:
@@ -90,12 +93,13 @@ def plot_frontiers(result: dict, ax=None, label_betas: bool = True):
                     color=f"C{k}", label=f["frontier"])
         points += list(zip(x, y, strict=True))
         texts += [f"β={p['beta']:g}" if isinstance(p["beta"], int | float) else f"β={p['beta']}" for p in pts]
+        colors += [f"C{k}"] * len(pts)
     ax.set_xlabel("KL(π‖π_ref), sampled (nats per completion)")
     ax.set_ylabel(f"gold reward ({result['benchmark']})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     if label_betas and points:
-        place_labels(ax, points, texts, color="0.25")
+        place_labels(ax, points, texts, colors=colors)
     return fig
 
 
@@ -196,7 +200,8 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         rows.append([p["a"], p["b"], at, _fmt(vc["seed"]), _fmt(vc["prompt"]), _fmt(vc["cell"]),
                      _fmt(p.get("mde_from_components"))])
         if p.get("plan"):
-            plans.append([p["a"], p["b"], at] + [
+            fewest = p["plan"].get("fewest_seeds")
+            plans.append([p["a"], p["b"], at, _fmt(fewest) if p["plan"]["seed_variance_estimated"] else "–"] + [
                 f"{o['seeds']} seeds: {o['prompts'] if o['prompts'] is not None else 'unreachable'}"
                 for o in p["plan"]["options"]])
     if rows:
@@ -206,8 +211,8 @@ def tables(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         width = max(len(r) for r in plans)
         plans = [r + [""] * (width - len(r)) for r in plans]
         out.append((f"Prompts needed to resolve a difference of {result['method']['target_difference']} at 80% "
-                    f"power (two-sided α={result['method']['alpha']})", ["a", "b", "at"] +
-                    [f"option {i + 1}" for i in range(width - 3)], plans))
+                    f"power (two-sided α={result['method']['alpha']})", ["a", "b", "at", "fewest seeds"] +
+                    [f"option {i + 1}" for i in range(width - 4)], plans))
     rows = [[_fmt(m.get("run")), _fmt(m.get("condition")), _fmt(m.get("seed")), m["status"], _fmt(m.get("error"))]
             for m in result["missing"]]
     out.append(("Failed or missing runs (left out of every figure above)", ["run", "condition", "seed", "status",
@@ -226,8 +231,8 @@ def render_md(result: dict, names: list[str]) -> str:
     parts = [f"# Study: {result['benchmark']}", "",
              "Sweep directories: " + ", ".join(f"`{d}`" for d in result["sweep_dirs"]), "",
              f"Method: {result['method']['bootstrap']}, {result['method']['replicates']} replicates "
-             f"(seed {result['method']['seed']}); Holm across all pairs; MDE at 80% power, two-sided "
-             f"α={result['method']['alpha']}.", ""]
+             f"(seed {result['method']['seed']}); pairs: {result['method']['pairwise']}, Holm across all pairs; "
+             f"MDE at 80% power, two-sided α={result['method']['alpha']}.", ""]
     parts += [f"> warning: {w}" for w in result["warnings"]] + ([""] if result["warnings"] else [])
     for title, header, rows in tables(result):
         parts += [f"## {title}", "", _md_table(header, rows), ""]
@@ -244,8 +249,9 @@ def render_html(result: dict, pngs: dict[str, bytes]) -> str:
              "padding:3px 6px;text-align:left}th{background:#f3f3f3}.warn{color:#a40}</style></head><body>",
              f"<h1>Study: {e(result['benchmark'])}</h1>",
              "<p>Sweep directories: " + ", ".join(f"<code>{e(d)}</code>" for d in result["sweep_dirs"]) + "</p>",
-             f"<p>Method: {e(result['method']['bootstrap'])}, {result['method']['replicates']} replicates; Holm "
-             f"across all pairs; MDE at 80% power, two-sided α={result['method']['alpha']}.</p>"]
+             f"<p>Method: {e(result['method']['bootstrap'])}, {result['method']['replicates']} replicates; pairs: "
+             f"{e(result['method']['pairwise'])}, Holm across all pairs; MDE at 80% power, two-sided "
+             f"α={result['method']['alpha']}.</p>"]
     parts += [f"<p class='warn'>warning: {e(w)}</p>" for w in result["warnings"]]
     for title, header, rows in tables(result):
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")

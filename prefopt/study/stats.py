@@ -298,3 +298,23 @@ def interpolate_frontier(kl: np.ndarray, reward: np.ndarray, grid: Sequence[floa
             best = np.where(inside & np.isfinite(value), np.maximum(best, value), best)
         out[..., g] = np.where(np.isfinite(best), best, np.nan)
     return out
+
+
+def seeds_needed(components: dict, target: float, alpha: float = ALPHA, power: float = POWER,
+                 most: int = 10_000) -> int | None:
+    """The fewest seeds (at least 2) with which some number of prompts resolves ``target`` (see
+    ``prompts_needed``); None beyond ``most``. Monotone in the seeds, so doubling then bisection."""
+    def ok(seeds: int) -> bool:
+        return prompts_needed(components, target, seeds, alpha, power) is not None
+
+    if ok(2):
+        return 2
+    lo, hi = 2, 4
+    while not ok(hi):
+        if hi >= most:
+            return None
+        lo, hi = hi, min(most, hi * 2)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+    return hi

@@ -116,6 +116,12 @@ def test_mde_and_plan_worked_numbers():
     # The seed term alone is over budget: no number of prompts helps.
     assert stats.prompts_needed({"seed": 0.01, "prompt": 0.0, "cell": 0.0}, 0.1, 2) is None
     assert stats.prompts_needed({"seed": 0.01, "prompt": 0.0, "cell": 0.0}, 0.1, 20) is not None
+    # Fewest seeds for that seed component: 0.01/S <= (0.1/2.8016)^2 needs S >= 7.85 by the normal
+    # approximation; the t quantiles at S-1 df add a few. Whatever it is, one seed fewer must not do.
+    fewest = stats.seeds_needed({"seed": 0.01, "prompt": 0.0, "cell": 0.001}, 0.1)
+    assert fewest >= 8
+    assert stats.prompts_needed({"seed": 0.01, "prompt": 0.0, "cell": 0.001}, 0.1, fewest) is not None
+    assert stats.prompts_needed({"seed": 0.01, "prompt": 0.0, "cell": 0.001}, 0.1, fewest - 1) is None
 
 
 def _simulate(rng, seeds, prompts, sd_seed, sd_prompt, sd_cell, shift):
