@@ -2,7 +2,7 @@
 
     python experiments/paper_frontier.py frontier epochs
 
-``frontier``: dpo and ipo at β ∈ {0.01, 0.1, 1.0}, each run the size of the README's default run (3 epochs
+``frontier``: dpo and ipo at β ∈ {0.01, 0.1, 1.0} and seeds 1, 2, 3 (``--seeds``), each run the size of the README's default run (3 epochs
 over 64 built-in sentiment pairs, 8 pairs per step = 24 steps, lr 1e-5, then the sentiment benchmark on
 the 48 held-out prompts, 40 new tokens, policy and reference sampled with the same seeds: VADER reward
 and the sampled KL(π‖π_ref)); reference log-probs precomputed once for the whole sweep.
@@ -10,7 +10,8 @@ and the sampled KL(π‖π_ref)); reference log-probs precomputed once for the w
 vs ``variant=zephyr_beta`` (3 epochs, 24 steps, beta's data filters); the real one is Mistral-7B on
 UltraFeedback judged by MT-Bench.
 
-Measured: the frontier's 6 runs took 804, 869, 922 s (dpo; the 2 cores shared with other sessions' test
+Measured (the committed sweep, one seed, 42, before ``--seeds`` existed; 3 seeds take three times as long
+and let figure 1 put seed-to-seed variance in its CIs): the frontier's 6 runs took 804, 869, 922 s (dpo; the 2 cores shared with other sessions' test
 jobs) and 176, 193, 229 s (ipo; less contention) of wall time, ~40 min in all; the first job computed the
 reference log-probs (cache miss), the other five read them.
 
@@ -59,25 +60,27 @@ def main() -> None:
     parser.add_argument("which", nargs="+", choices=["frontier", "epochs"])
     parser.add_argument("--losses", default="dpo,ipo")
     parser.add_argument("--betas", default=BETAS)
+    # Three seeds at least: the study's CIs and tests need the seed-to-seed variance (one seed hides it).
+    parser.add_argument("--seeds", default="1,2,3")
     # Another sweep folder, for adding points (or rerunning a failed job) beside an existing sweep.
     parser.add_argument("--name", default="frontier")
     args = parser.parse_args()
     if "frontier" in args.which:
-        frontier(args.losses, args.betas, args.name)
+        frontier(args.losses, args.betas, args.name, args.seeds)
     if "epochs" in args.which:
         multirun("epochs", ["loss=dpo", "beta=0.1", "variant=zephyr_alpha,zephyr_beta"])
 
 
-def frontier(losses: str, betas: str, name: str) -> None:
+def frontier(losses: str, betas: str, name: str, seeds: str) -> None:
     known = registered_losses()
     wanted = losses.split(",")
     present = [loss for loss in wanted if loss in known]
     if present:
-        multirun(name, [f"loss={','.join(present)}", f"beta={betas}"])
+        multirun(name, [f"loss={','.join(present)}", f"beta={betas}", f"seed={seeds}"])
     if len(present) < len(wanted):
         print(f"losses {sorted(set(wanted) - known)} are not registered; running cDPO (label_smoothing=0.2) "
               "in their place", flush=True)
-        multirun(f"{name}_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={betas}"])
+        multirun(f"{name}_cdpo", ["loss=dpo", "loss.dpo.label_smoothing=0.2", f"beta={betas}", f"seed={seeds}"])
 
 
 if __name__ == "__main__":
