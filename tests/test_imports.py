@@ -23,7 +23,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 TREES = ("prefopt", "analysis", "hydra_plugins")
-ENTRY_POINTS = ("prefopt.train", "prefopt.evaluate", "prefopt.extrapolate")
+ENTRY_POINTS = ("prefopt.train", "prefopt.evaluate", "prefopt.extrapolate", "prefopt.study.__main__")
 LOSSES_MAY_IMPORT = ("prefopt.errors",)
 ANALYSIS_MAY_NOT_IMPORT = ("prefopt.train", "prefopt.trainer", "prefopt.evaluate", "prefopt.extrapolate")
 
