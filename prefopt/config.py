@@ -209,6 +209,11 @@ class TrainerConfig:
     # kernel skips masked blocks (model.attn_implementation=flex_attention or flash_attention_2 on a GPU); with
     # sdpa/eager (CPU) the mask is dense over the whole batch's tokens, so attention does more work, not less.
     packing: bool = False
+    # Padding-free batches: every sequence (or shared-prompt pair) of a micro-batch in one row, position ids
+    # restarting per sequence, attention confined to each (prefopt/scoring/layout.py). Pays off where the
+    # kernel skips masked blocks (model.attn_implementation=flex_attention or flash_attention_2 on a GPU); with
+    # sdpa/eager (CPU) the mask is dense over the whole batch's tokens, so attention does more work, not less.
+    packing: bool = False
     # Above this many completion tokens in one forward, the vocabulary projection and its log-sum-exp run over
     # chunks of this many tokens (prefopt/scoring/logps.py), so memory no longer grows with tokens x vocabulary
     # (SmolLM2: 4096 tokens of float32 logits are 0.8 GB). At or below it the unchunked path runs unchanged;

@@ -77,6 +77,8 @@ class BuildContext:
     param_dtype: torch.dtype | None = None
     # trainer.logps_chunk_rows: the head runs over chunks of this many completion tokens (prefopt.scoring).
     chunk_rows: int = CHUNK_ROWS
+    # trainer.packing: every sequence of a batch in one row, no padding (prefopt/scoring/layout.py).
+    packing: bool = False
 
 
 class Reference:
@@ -201,12 +203,12 @@ class ModelReference(Reference):
 
     shardable = True
 
-    def __init__(self, model, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS):
+    def __init__(self, model, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS, packing: bool = False):
         super().__init__()
         model.eval()
         model.requires_grad_(False)
         self.model = model
-        self.scorer = SequenceScorer(model, share_prompt=share_prompt, chunk_rows=chunk_rows)
+        self.scorer = SequenceScorer(model, share_prompt=share_prompt, chunk_rows=chunk_rows, packing=packing)
 
     @torch.no_grad()
     def logps(self, batch, return_tokens: bool = False):
@@ -224,7 +226,7 @@ class FrozenReference(ModelReference):
 
     @classmethod
     def build(cls, rcfg, ctx: BuildContext) -> Reference:
-        return cls(copy.deepcopy(ctx.policy).to(ctx.device), ctx.share_prompt, ctx.chunk_rows)
+        return cls(copy.deepcopy(ctx.policy).to(ctx.device), ctx.share_prompt, ctx.chunk_rows, ctx.packing)
 
 
 @register_reference("checkpoint")
@@ -244,7 +246,7 @@ class CheckpointReference(ModelReference):
     def build(cls, rcfg, ctx: BuildContext) -> Reference:
         mcfg = ctx.model_cfg
         model = load_model(rcfg.name_or_path, mcfg.dtype, mcfg.trust_remote_code).to(ctx.device)
-        return cls(model, ctx.share_prompt, ctx.chunk_rows)
+        return cls(model, ctx.share_prompt, ctx.chunk_rows, ctx.packing)
 
 
 @register_reference("sync")
@@ -253,8 +255,9 @@ class SyncReference(ModelReference):
 
     moves_with_policy = True
 
-    def __init__(self, model, alpha: float, every: int, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS):
-        super().__init__(model, share_prompt, chunk_rows)
+    def __init__(self, model, alpha: float, every: int, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS,
+                 packing: bool = False):
+        super().__init__(model, share_prompt, chunk_rows, packing)
         self.alpha = alpha
         self.every = every
         self.synced_at: list[int] = []
@@ -269,7 +272,7 @@ class SyncReference(ModelReference):
     @classmethod
     def build(cls, rcfg, ctx: BuildContext) -> Reference:
         return cls(copy.deepcopy(ctx.policy).to(ctx.device), rcfg.sync_alpha, rcfg.sync_steps, ctx.share_prompt,
-                   ctx.chunk_rows)
+                   ctx.chunk_rows, ctx.packing)
 
     @torch.no_grad()
     def after_step(self, step: int, policy) -> None:
@@ -393,10 +396,10 @@ class AdapterOffReference(Reference):
 
     wraps_policy = True
 
-    def __init__(self, peft_policy, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS):
+    def __init__(self, peft_policy, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS, packing: bool = False):
         super().__init__()
         self.policy = peft_policy
-        self.scorer = SequenceScorer(peft_policy, share_prompt=share_prompt, chunk_rows=chunk_rows)
+        self.scorer = SequenceScorer(peft_policy, share_prompt=share_prompt, chunk_rows=chunk_rows, packing=packing)
 
     @classmethod
     def prepare_policy(cls, rcfg, policy):
@@ -415,7 +418,7 @@ class AdapterOffReference(Reference):
     def build(cls, rcfg, ctx: BuildContext) -> Reference:
         if not hasattr(ctx.policy, "disable_adapter"):
             raise ReferenceConfigError("reference=adapter_off needs the LoRA policy from prepare_policy()")
-        return cls(ctx.policy, ctx.share_prompt, ctx.chunk_rows)
+        return cls(ctx.policy, ctx.share_prompt, ctx.chunk_rows, ctx.packing)
 
     @torch.no_grad()
     def logps(self, batch, return_tokens: bool = False):
@@ -509,7 +512,7 @@ class PrecomputedReference(Reference):
         batches = ctx.batches() if callable(ctx.batches) else ctx.batches
         with ctx.precision():
             return build_precomputed(holder["model"], batches, ctx.truncation or {}, ctx.device, ctx.share_prompt,
-                                     dtype, free_model, rcfg.cache_dir, ctx.chunk_rows)
+                                     dtype, free_model, rcfg.cache_dir, ctx.chunk_rows, ctx.packing)
 
     def logps(self, batch, return_tokens: bool = False):
         if return_tokens:
@@ -547,7 +550,7 @@ def _cache_key(weights: str, batches: list[dict], truncation: dict, dtype: str) 
 
 def build_precomputed(model, batches: list[dict], truncation: dict, device, share_prompt: bool,
                       dtype: str, free_model, cache_dir: str | None = None,
-                      chunk_rows: int = CHUNK_ROWS) -> PrecomputedReference:
+                      chunk_rows: int = CHUNK_ROWS, packing: bool = False) -> PrecomputedReference:
     """Score ``batches`` with ``model`` once and cache the result, or read it back from the cache.
 
     ``free_model`` is called as soon as the scores exist (or were read), so the reference weights are
@@ -565,7 +568,7 @@ def build_precomputed(model, batches: list[dict], truncation: dict, device, shar
             table = dict(zip((bytes(k) for k in stored["keys"].tolist()), stored["logps"].tolist(), strict=True))
             cache = "hit"
         else:
-            table = _score_all(model, batches, device, share_prompt, chunk_rows)
+            table = _score_all(model, batches, device, share_prompt, chunk_rows, packing)
             keys = list(table)
             payload = {"keys": torch.tensor([list(k) for k in keys], dtype=torch.uint8),
                        "logps": torch.tensor([table[k] for k in keys], dtype=torch.float64),
@@ -586,10 +589,11 @@ def build_precomputed(model, batches: list[dict], truncation: dict, device, shar
 
 
 @torch.no_grad()
-def _score_all(model, batches: list[dict], device, share_prompt: bool, chunk_rows: int) -> dict[bytes, float]:
+def _score_all(model, batches: list[dict], device, share_prompt: bool, chunk_rows: int,
+               packing: bool = False) -> dict[bytes, float]:
     was_training = model.training
     model.eval()
-    scorer = SequenceScorer(model, share_prompt=share_prompt, chunk_rows=chunk_rows)
+    scorer = SequenceScorer(model, share_prompt=share_prompt, chunk_rows=chunk_rows, packing=packing)
     table = {}
     try:
         for batch in batches:
@@ -618,7 +622,8 @@ def prepare_policy(rcfg, policy, needs_reference: bool):
 def build_reference(rcfg, mcfg, policy, needs_reference: bool, loss_names: list[str], device,
                     batches: list[dict] | None = None, truncation: dict | None = None,
                     share_prompt: bool = False, precision=None, precision_name: str = "no",
-                    param_dtype: torch.dtype | None = None, chunk_rows: int = CHUNK_ROWS) -> Reference:
+                    param_dtype: torch.dtype | None = None, chunk_rows: int = CHUNK_ROWS,
+                    packing: bool = False) -> Reference:
     """The run's reference. ``batches``: every collated train and eval batch, or a function returning them
     (read by ``needs_dataset_pass`` kinds only).
 
@@ -629,7 +634,8 @@ def build_reference(rcfg, mcfg, policy, needs_reference: bool, loss_names: list[
     cls = reference_class(rcfg, needs_reference, loss_names)
     ctx = BuildContext(policy=policy, model_cfg=mcfg, device=device, share_prompt=share_prompt, batches=batches,
                        truncation=truncation, precision=precision or contextlib.nullcontext,
-                       precision_name=precision_name, param_dtype=param_dtype, chunk_rows=chunk_rows)
+                       precision_name=precision_name, param_dtype=param_dtype, chunk_rows=chunk_rows,
+                       packing=packing)
     reference = cls.build(rcfg, ctx)
     if reference.model is not None and param_dtype is not None:
         _cast_parameters(reference.model, param_dtype)

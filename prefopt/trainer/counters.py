@@ -16,11 +16,22 @@ class RunCounters:
     pairs_seen: int = 0
     tokens_seen: float = 0.0
     skipped_steps: int = 0  # non-finite updates dropped under trainer.on_nonfinite=skip
+    # Positions the policy's decoder ran in training: non-padding ones, and all of them (padding included).
+    real_tokens: float = 0.0
+    processed_tokens: float = 0.0
 
-    def add_step(self, n_examples: int, tokens: float, seconds: float) -> None:
+    def add_step(self, n_examples: int, tokens: float, seconds: float, real_tokens: float = 0.0,
+                 processed_tokens: float = 0.0) -> None:
         self.train_time += seconds
         self.pairs_seen += n_examples
         self.tokens_seen += tokens
+        self.real_tokens += real_tokens
+        self.processed_tokens += processed_tokens
+
+    @property
+    def token_efficiency(self) -> float | None:
+        """Real tokens / processed tokens: 1.0 when no padding was run (packing), lower the more was."""
+        return self.real_tokens / self.processed_tokens if self.processed_tokens else None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -109,7 +109,8 @@ def train(s: TrainingSetup, counters: RunCounters, start_step: int, last_checkpo
                     sinks.finish(None)
                 raise faults.NonFiniteError(f"{err}; last good checkpoint: {last_checkpoint}") from None
             step += 1
-            counters.add_step(result.n_examples, result.tokens, result.seconds)
+            counters.add_step(result.n_examples, result.tokens, result.seconds, result.real_tokens,
+                              result.processed_tokens)
             counters.skipped_steps += result.skipped
             record = {**result.record, "epoch": epoch + (i + 1) / len(groups), "step": step,
                       "pairs/s": result.n_examples / result.seconds, "tokens/s": result.tokens / result.seconds}

@@ -29,6 +29,7 @@ from prefopt.models import load_model, load_tokenizer
 from prefopt.reference import Reference, build_reference, reference_class
 from prefopt.scoring import SequenceScorer, check_inputs, required_inputs
 from prefopt.scoring.layout import attention_kind, flex_backward_ok
+from prefopt.scoring.layout import attention_kind, flex_backward_ok
 from prefopt.sinks import check_logger
 from prefopt.trainer.batching import batches, steps_per_epoch
 from prefopt.trainer.distributed import (
@@ -131,6 +132,7 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     # is launched with conf/accelerate/fsdp*.yaml (distributed.py).
     accelerator = make_accelerator(cfg, reference_cls)
     check_attention(cfg, accelerator.device)
+    check_attention(cfg, accelerator.device)
     set_seed(cfg.seed)
     if before_loading is not None:
         before_loading(accelerator)
@@ -222,6 +224,20 @@ def check_config(cfg: DictConfig) -> None:
     check_scheduler(cfg.optimizer)
     check_logger(cfg.logger)  # an unknown tracker, or one not installed
     check_hub(cfg.hub, cfg.trainer.save_model)  # a push that could not happen, found before training
+
+
+def check_attention(cfg: DictConfig, device) -> None:
+    """Attention implementations that cannot run this configuration, refused before any model loads."""
+    impl = cfg.model.attn_implementation
+    kind = attention_kind(impl)
+    if kind == "varlen" and cfg.trainer.share_prompt:
+        # Prompt sharing needs a mask in which the rejected branch skips the chosen one; flash kernels take none.
+        raise ConfigError(f"trainer.share_prompt=true needs an attention mask, which model.attn_implementation={impl} "
+                          "cannot take; set trainer.share_prompt=false (trainer.packing=true stays padding-free) or "
+                          "model.attn_implementation=flex_attention")
+    if kind == "flex" and not flex_backward_ok(device):
+        raise ConfigError(f"model.attn_implementation={impl}: torch {torch.__version__} has no FlexAttention backward "
+                          f"on device {device}; train with sdpa there (the dense mask) or on a GPU")
 
 
 def check_attention(cfg: DictConfig, device) -> None:

@@ -31,6 +31,9 @@ class StepResult:
     tokens: float
     seconds: float
     skipped: bool  # a non-finite update dropped under trainer.on_nonfinite=skip
+    # Positions the policy's decoder ran in this step on all processes: non-padding, and all (padding included).
+    real_tokens: float = 0.0
+    processed_tokens: float = 0.0
 
 
 def optimizer_step(s, group: list[dict], step: int, epoch: int) -> StepResult:
@@ -43,6 +46,8 @@ def optimizer_step(s, group: list[dict], step: int, epoch: int) -> StepResult:
     n_step = len(group)
     start = time.perf_counter()
     sums: dict[str, float] = {"_tokens": 0.0, "_nonfinite": 0.0}
+    scorer = getattr(s.scorer, "module", s.scorer)  # DDP and DeepSpeed wrap as .module
+    real_before, processed_before = scorer.real_tokens, scorer.processed_tokens
     plan = step_plan(group, s.world, s.rank, s.cfg.trainer.batch_size)
     for j, micro in enumerate(plan):
         batch = to_device(collate(micro.rows, s.pad_id, s.kind), s.device)
@@ -59,9 +64,12 @@ def optimizer_step(s, group: list[dict], step: int, epoch: int) -> StepResult:
             s.accelerator.backward(loss)
         add_weighted(sums, {"loss": per_example, **metrics}, weights)
         sums["_tokens"] += tokens_of(batch, weights)
+    sums["_real_tokens"] = float(scorer.real_tokens - real_before)
+    sums["_processed_tokens"] = float(scorer.processed_tokens - processed_before)
     grad_norm = scalar(s.accelerator.clip_grad_norm_(s.scorer.parameters(), s.max_grad_norm))
     sums, _ = reduce_sums(s.accelerator, sums, 0.0)
     tokens = sums.pop("_tokens")
+    real_tokens, processed_tokens = sums.pop("_real_tokens"), sums.pop("_processed_tokens")
     skipped = bool(sums.pop("_nonfinite")) or not math.isfinite(grad_norm)
     if skipped:
         message = (f"non-finite loss or gradient (grad_norm={grad_norm}) at step {step} (epoch {epoch}); "
@@ -77,7 +85,9 @@ def optimizer_step(s, group: list[dict], step: int, epoch: int) -> StepResult:
     elapsed = time.perf_counter() - start
     record = {k: v / n_step for k, v in sums.items()}
     record.update({"grad_norm": grad_norm, "lr": s.scheduler.get_last_lr()[0]})
-    return StepResult(record, n_step, tokens, elapsed, skipped)
+    if processed_tokens:
+        record["token_efficiency"] = real_tokens / processed_tokens
+    return StepResult(record, n_step, tokens, elapsed, skipped, real_tokens, processed_tokens)
 
 
 def compute_losses(terms, logps, training: bool, step: int | None = None,

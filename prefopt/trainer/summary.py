@@ -39,6 +39,9 @@ def build_summary(s, counters, *, step: int, eval_metrics: dict, benchmark: dict
             "reference_seconds": s.reference.seconds,
             "optimizer_steps": step,
             "seconds_per_step": train_time / step if step else None,
+            # Non-padding positions / all positions the policy's decoder ran in training (trainer.packing: 1.0).
+            "token_efficiency": counters.token_efficiency,
+            "processed_tokens": counters.processed_tokens,
         },
         "reference": s.reference.info(),
         "peak_rss_mb": peak_rss_mb(),

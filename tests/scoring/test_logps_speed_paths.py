@@ -16,7 +16,8 @@ import torch
 
 from prefopt.data.collate import collate
 from prefopt.losses import PairLogps, call, get
-from prefopt.scoring.logps import SequenceScorer, completion_logps_from_logits, pack_pairs
+from prefopt.scoring.layout import allowed, build_layout
+from prefopt.scoring.logps import SequenceScorer, completion_logps_from_logits
 from prefopt.trainer.batching import batches, row_length
 
 
@@ -114,21 +115,29 @@ def test_packed_tokens_come_back_in_row_order(tiny_setup):
 def test_pack_layout_and_fallbacks(tiny_setup):
     _, tokenizer, rows = tiny_setup
     batch = collate(rows[:2], tokenizer.pad_token_id, "paired")
-    packed = pack_pairs(batch["input_ids"], batch["attention_mask"], batch["completion_mask"], 2, torch.float32)
+    args = (batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+    packed = build_layout(*args, 2, packed=False)
     p = len(rows[0]["prompt_ids"])
     c, r = len(rows[0]["chosen_ids"]), len(rows[0]["rejected_ids"])
     assert packed.input_ids[0, : p + c + r].tolist() == rows[0]["prompt_ids"] + rows[0]["chosen_ids"] + rows[0]["rejected_ids"]
     # Rejected positions restart after the prompt; rejected tokens cannot see chosen ones.
     assert packed.position_ids[0, p + c].item() == p
-    assert packed.attention_mask[0, 0, p + c, p].item() < -1e30
-    assert packed.attention_mask[0, 0, p + c, p - 1].item() == 0
+    assert not allowed(packed)[0, p + c, p]
+    assert allowed(packed)[0, p + c, p - 1]
     assert packed.targets.numel() == c + r + len(rows[1]["chosen_ids"]) + len(rows[1]["rejected_ids"])
-    # Rows that do not share a prompt (or a non-paired batch) are scored unpacked.
+    assert packed.branched
+    # Rows that do not share a prompt are laid out unshared (one document each), and so is a non-paired batch.
     mixed = collate([rows[0], rows[1]], tokenizer.pad_token_id, "paired")
     mixed["input_ids"][2] = mixed["input_ids"][3]
-    assert pack_pairs(mixed["input_ids"], mixed["attention_mask"], mixed["completion_mask"], 2, torch.float32) is None
+    mixed["attention_mask"][2] = mixed["attention_mask"][3]
+    mixed["completion_mask"][2] = mixed["completion_mask"][3]
+    split = build_layout(mixed["input_ids"], mixed["attention_mask"], mixed["completion_mask"], 2, packed=False)
+    assert split.input_ids.shape[0] == 3 and sorted(split.seq.unique().tolist()) == [0, 1, 2, 3]
     sft = collate(rows[:2], tokenizer.pad_token_id, "sft")
-    assert pack_pairs(sft["input_ids"], sft["attention_mask"], sft["completion_mask"], 2, torch.float32) is None
+    assert not build_layout(sft["input_ids"], sft["attention_mask"], sft["completion_mask"], None, False).branched
+    # Left padding is not a layout this module knows: the scorer takes the batch as it is.
+    flipped = [t.flip(-1) for t in args]
+    assert build_layout(*flipped, 2, packed=True) is None
 
 
 def test_length_grouping_keeps_rows_and_cuts_padding(tiny_setup):
