@@ -152,7 +152,7 @@ def plot_curves(result: dict, split: str = "train"):
 
 def figures(result: dict) -> dict:
     out = {}
-    if result["frontiers"] and any(p["kl"] is not None for f in result["frontiers"] for p in f["points"]):
+    if any(p["kl"] is not None and math.isfinite(p["kl"]) for f in result["frontiers"] for p in f["points"]):
         out["frontier"] = plot_frontiers(result)
         out["frontier"].tight_layout()
         if result["kl_grid"]:

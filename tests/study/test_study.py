@@ -45,7 +45,9 @@ def write_run(root: Path, name: str, *, loss: str, beta: float, seed: int, rewar
         lines = []
         for i, (r, k) in enumerate(zip(rewards, kls, strict=True)):
             item = {"prompt": f"p{i}", "policy": "x", "policy_score": float(r), "reference": "y",
-                    "reference_score": 0.0, "kl": float(k)}
+                    "reference_score": 0.0}
+            if k is not None:
+                item["kl"] = float(k)
             if not old_items:
                 item.update(prompt_id=i, sample=0)
             lines.append(json.dumps(item))
@@ -199,3 +201,17 @@ def test_bad_input_is_one_line_naming_the_culprit(tmp_path, capsys):
     write_run(none, "0", loss="dpo", beta=0.1, seed=1, rewards=[0.1], kls=[1], benchmark="none", items=False)
     with pytest.raises(StudyError, match="benchmark.name='none'"):
         load_study(none)
+
+
+def test_a_benchmark_without_kl(tmp_path):
+    """Judge benchmarks (mt_bench) score items without a KL: rewards and equal-β pairs, no frontier figure,
+    no equal-KL comparisons."""
+    rng = np.random.default_rng(5)
+    for job, (loss, seed) in enumerate([("dpo", 1), ("dpo", 2), ("ipo", 1), ("ipo", 2)]):
+        write_run(tmp_path, str(job), loss=loss, beta=0.1, seed=seed, rewards=rng.normal(5, 1, 8), kls=[None] * 8,
+                  benchmark="mt_bench")
+    result = run_study([tmp_path], replicates=100)
+    assert result["benchmark"] == "mt_bench" and result["kl_grid"] == []
+    assert [p["kind"] for p in result["pairs"]] == ["equal_beta"]
+    assert not (tmp_path / "frontier.png").exists() and (tmp_path / "curves_train.png").exists()
+    assert json.loads((tmp_path / "study.json").read_text())["conditions"][0]["metrics"]["kl"]["estimate"] is None
