@@ -60,7 +60,7 @@ CHECKPOINTS = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})$")
 # Keys that may change between the interrupted run and its resumption without changing the results.
 RESUME_MAY_DIFFER = ("resume", "run_dir", "trainer.progress_bar", "trainer.checkpoint_every", "trainer.keep_last",
-                     "logger", "trainer.log_every")
+                     "logger", "trainer.log_every", "hub")
 
 
 class CheckpointError(PrefoptError, ValueError):

@@ -20,6 +20,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from prefopt.benchmarks.runner import benchmark_trained_policy
+from prefopt.hub import push_model
 from prefopt.io import atomic_write_json, atomic_write_text
 from prefopt.model_card import write_model_card
 from prefopt.models import load_model, save_model_atomically
@@ -85,6 +86,8 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
             write_model_card(run_dir, redact(summary), redact(s.config))
     sinks.finish(summary)
     s.accelerator.end_training()
+    if s.is_main and cfg.hub.push:  # checked before training (check_hub); last, so a failed upload loses nothing
+        push_model(cfg.hub, run_dir / "model", run_dir.name)
     return summary
 
 
