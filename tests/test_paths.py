@@ -1,5 +1,5 @@
 """Every test path the documentation and the configs name (``tests/...``) exists, so a moved test or fixture
-cannot leave a stale pointer in README.md, conf/, prefopt/, analysis/, scripts/, .ci/ or tests/ itself."""
+cannot leave a stale pointer in README.md, docs/, conf/, prefopt/, analysis/, scripts/, .ci/ or tests/ itself."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import re
 
 from tests.conftest import ROOT
 
-PLACES = ["README.md", "conf", "prefopt", "analysis", "scripts", ".ci", "experiments", "pyproject.toml", "tests"]
+PLACES = ["README.md", "docs", "conf", "prefopt", "analysis", "scripts", ".ci", "experiments", "pyproject.toml", "tests"]
 SUFFIXES = {".md", ".py", ".yaml", ".yml", ".sh", ".toml", ".txt", ""}
 # tests/<path> with an extension, or a folder ending in "/" (tests/plugins_example/).
 PATH = re.compile(r"(?<![\w/.])tests/[\w./-]*[\w/]")
