@@ -29,13 +29,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefopt.errors import PrefoptError
+from prefopt.errors import ConfigError, PrefoptError
 
 # Built-in benchmarks: name -> (module, needs a judge). Imported on use, never at import time.
 _BUILTIN: dict[str, tuple[str, bool]] = {
     "sentiment": ("prefopt.benchmarks.sentiment", False),
     "mt_bench": ("prefopt.benchmarks.mt_bench", True),
     "alpaca_eval": ("prefopt.benchmarks.alpaca_eval", True),
+    "alpaca_eval_pairwise": ("prefopt.benchmarks.alpaca_eval_pairwise", True),
 }
 # Names with a meaning of their own: benchmark=none runs nothing; prefopt.evaluate's benchmark=preference
 # recomputes the held-out preference metrics.
@@ -48,6 +49,19 @@ class BenchmarkSpec:
     run: Callable[..., dict]
     # mt_bench and alpaca_eval grade with benchmark.judge (judge=http|local); a run without one is refused.
     needs_judge: bool = False
+    # check(bcfg): raises a PrefoptError for a config this benchmark cannot run (a missing package, the wrong
+    # judge), so that training does not start only to fail at its end.
+    check: Callable | None = None
+
+    def check_config(self, bcfg) -> None:
+        """Refuse, before anything loads, a config this benchmark cannot run: no judge where one is needed,
+        or whatever the benchmark's own ``check`` refuses."""
+        judge = bcfg.get("judge")
+        if self.needs_judge and (judge is None or judge.kind == "none"):
+            raise ConfigError(f"benchmark={self.name} needs a judge: add judge=http or judge=local "
+                              "(conf/judge/)")
+        if self.check is not None:
+            self.check(bcfg)
 
     @property
     def builtin(self) -> bool:
@@ -61,8 +75,9 @@ class UnknownBenchmarkError(PrefoptError, ValueError):
 _REGISTRY: dict[str, BenchmarkSpec] = {}
 
 
-def register_benchmark(name: str, *, needs_judge: bool = False) -> Callable:
-    """Register ``run(policy, reference, tokenizer, bcfg, eot_token) -> dict`` as ``benchmark=<name>``.
+def register_benchmark(name: str, *, needs_judge: bool = False, check: Callable | None = None) -> Callable:
+    """Register ``run(policy, reference, tokenizer, bcfg, eot_token) -> dict`` as ``benchmark=<name>``;
+    ``check(bcfg)``, if given, refuses a config the benchmark cannot run before training starts.
 
     A name registered twice (or a built-in's name, or ``none``/``preference``) is an error, so two plug-ins
     cannot silently shadow each other or a built-in.
@@ -72,7 +87,7 @@ def register_benchmark(name: str, *, needs_judge: bool = False) -> Callable:
         builtin_module = _BUILTIN.get(name, (None,))[0]
         if name in _REGISTRY or name in RESERVED or (builtin_module and fn.__module__ != builtin_module):
             raise ValueError(f"benchmark name {name!r} is already registered")
-        _REGISTRY[name] = BenchmarkSpec(name, fn, needs_judge)
+        _REGISTRY[name] = BenchmarkSpec(name, fn, needs_judge, check)
         if builtin_module is None:
             _store_option(name)
         return fn
@@ -99,8 +114,9 @@ def spec(name: str) -> BenchmarkSpec:
     if name not in _REGISTRY and name in _BUILTIN:
         module_name, needs_judge = _BUILTIN[name]
         module = importlib.import_module(module_name)
-        # A built-in module may register itself with the decorator; one that only defines run() is wrapped.
-        _REGISTRY.setdefault(name, BenchmarkSpec(name, module.run, needs_judge))
+        # A built-in module may register itself with the decorator; one that only defines run() (and maybe
+        # check()) is wrapped.
+        _REGISTRY.setdefault(name, BenchmarkSpec(name, module.run, needs_judge, getattr(module, "check", None)))
     try:
         return _REGISTRY[name]
     except KeyError:

@@ -1,6 +1,6 @@
-"""The judged benchmarks end to end on model=tiny: MT-Bench and AlpacaEval against the fake HTTP judge
-(a real server process on 127.0.0.1), MT-Bench with the local-model judge, and sentiment prompts from
-IMDb reviews."""
+"""The judged benchmarks end to end on model=tiny: MT-Bench against the fake HTTP judge (a real server process
+on 127.0.0.1), MT-Bench with the local-model judge, and sentiment prompts from IMDb reviews (AlpacaEval:
+test_alpaca_eval.py and test_alpaca_eval_pairwise.py)."""
 
 from __future__ import annotations
 
@@ -67,23 +67,6 @@ def test_mt_bench_with_http_judge(judge_server, tiny_models, shared_data, tmp_pa
     assert again["judge_calls"] == 0 and again["delta"] == result["delta"]
 
 
-def test_alpaca_eval_with_http_judge(judge_server, tiny_models, shared_data, tmp_path, monkeypatch):  # noqa: F811
-    policy, reference, tokenizer = tiny_models
-    data = shared_data / "alpaca_eval"
-    bcfg = compose(["benchmark=alpaca_eval", f"benchmark.prompts={data / 'text_davinci_003_model_outputs.json'}",
-                    f"benchmark.reference_outputs={data / 'text_davinci_003_model_outputs.json'}",
-                    f"benchmark.judge_prompts={shared_data / 'mt_bench' / 'judge_prompts.jsonl'}",
-                    "benchmark.num_prompts=6", *http_overrides(judge_server, tmp_path, monkeypatch)]).benchmark
-    result = get("alpaca_eval")(policy, reference, tokenizer, bcfg, "<|im_end|>")
-    items = result["items"]
-    assert len(items) == 6 and {i["model_first"] for i in items} == {True, False}  # both positions used
-    # The fake judge prefers the longer answer; text_davinci_003's answers are far longer than 6 tiny
-    # tokens, so the reference output set wins everywhere, whichever side the model was shown on.
-    assert all(i["policy_preference"] == 1.0 and i["reference_preference"] == 1.0 for i in items)
-    assert result["policy_win_rate"] == 0.0 and result["policy_n_total"] == 6 and result["policy_n_wins_base"] == 6
-    assert result["delta"] == 0.0 and result["judge_calls"] == 12
-
-
 def test_mt_bench_with_local_tiny_judge(tiny_models, shared_data, tmp_path):
     """A random 2-layer model cannot follow FastChat's format: every reply is malformed, retried, counted,
     and the benchmark reports no score rather than inventing one."""
@@ -112,7 +95,7 @@ def test_mt_bench_with_local_tiny_judge(tiny_models, shared_data, tmp_path):
 
 def test_judged_benchmarks_need_a_judge(tiny_models):
     policy, reference, tokenizer = tiny_models
-    for name in ("mt_bench", "alpaca_eval"):
+    for name in ("mt_bench", "alpaca_eval_pairwise"):  # alpaca_eval: tests/benchmarks/test_alpaca_eval.py
         with pytest.raises(DataError, match="needs a judge"):
             get(name)(policy, reference, tokenizer, compose([f"benchmark={name}"]).benchmark, None)
     with pytest.raises(UnknownBenchmarkError, match="benchmark.name='mmlu'"):

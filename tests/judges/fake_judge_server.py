@@ -5,7 +5,9 @@
 POST /v1/chat/completions grades what it is shown, deterministically:
 - a FastChat pairwise prompt ("[The Start of Assistant A's Answer]"): the longer answer wins ("[[A]]" or
   "[[B]]"), equal lengths tie ("[[C]]");
-- a single-answer prompt: "Rating: [[r]]" with r = 1 + (number of words in the graded answer) % 10.
+- a single-answer prompt: "Rating: [[r]]" with r = 1 + (number of words in the graded answer) % 10;
+- AlpacaEval's classifier prompt (outputs "m" and "M", asked with logprobs): the reply "m" or "M" with
+  top_logprobs giving P(m) = len(m's output) / (len(m) + len(M)) (both empty: 1/2), as a log-prob judge would.
 Markers inside the graded text drive the failure paths: MALFORMED_ALWAYS (a reply without a rating,
 every time), MALFORMED_ONCE (malformed the first time this exact prompt is seen), RATE_LIMIT_ONCE
 (HTTP 429 with Retry-After: 0 the first time), SERVER_ERROR_ONCE (HTTP 500 the first time), SLOW (sleeps
@@ -17,6 +19,7 @@ cache spared a rerun, and the most requests that were ever in flight at once.
 from __future__ import annotations
 
 import json
+import math
 import re
 import sys
 import threading
@@ -34,6 +37,20 @@ def graded_answer(prompt: str) -> str:
         return single.group(1)
     turns = re.findall(r"### Assistant A:\n(.*?)\n\n(?:### User:|<\|The End)", prompt, re.S)
     return turns[-1] if turns else prompt
+
+
+def alpaca_logprob_reply(prompt: str, model: str | None) -> dict:
+    first, second = (len(o) for o in re.findall(r'"output": """(.*?)"""\n    \}', prompt, re.S))
+    p_first = first / (first + second) if first + second else 0.5
+    # log 0 is not JSON: a token the judge would never say gets -100.
+    top = [{"token": t, "logprob": math.log(p) if p > 0 else -100.0, "bytes": list(t.encode())}
+           for t, p in (("m", p_first), ("M", 1 - p_first))]
+    token = "m" if p_first >= 0.5 else "M"
+    return {"id": "fake", "object": "chat.completion", "created": 0, "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": token}, "finish_reason": "length",
+                         "logprobs": {"content": [{"token": token, "logprob": top[0 if token == "m" else 1]["logprob"],
+                                                   "bytes": list(token.encode()), "top_logprobs": top}]}}],
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -91,6 +108,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         if "SERVER_ERROR_ONCE" in prompt and seen == 0:
             self._send(500, {"error": {"message": "boom"}})
+            return
+        if request.get("logprobs") and '"model_identifier": "M"' in prompt:
+            self._send(200, alpaca_logprob_reply(prompt, request.get("model")))
             return
         if "MALFORMED_ALWAYS" in prompt or ("MALFORMED_ONCE" in prompt and seen == 0):
             reply = "Both answers have merit; I would rather not give a number."
