@@ -37,6 +37,9 @@ from tests.conftest import ROOT, compose
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^\s*```\s*([\w-]*)")
 SHELL_LANGS = {"bash", "sh", "shell", "console"}
+# An unlabelled block is shell when its first line starts like a command (so tagging it is not a way out).
+COMMAND_START = re.compile(r"(python3?|pip|bash|accelerate|torchrun|jupyter|prefopt-\w+|ruff|flock|export|mlflow|"
+                           r"tensorboard|wandb|hf|huggingface-cli)\s")
 README_MAX_LINES = 300  # the issue's budget for a newcomer's README; the rest belongs in docs/
 
 
@@ -48,10 +51,13 @@ def normalize(command: str) -> str:
 def doc_commands(path: Path) -> list[tuple[int, str]]:
     """(line number, normalized command) for every command in the page's shell blocks."""
     found, lang, pending, start = [], None, "", 0
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, line in enumerate(lines, start=1):
         fence = FENCE.match(line)
         if fence:
             lang = None if lang is not None else fence.group(1)
+            if lang == "" and lineno < len(lines) and COMMAND_START.match(lines[lineno].strip()):
+                lang = "sh"
             continue
         if lang not in SHELL_LANGS:
             continue
@@ -195,6 +201,37 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
         Runs(test=("tests/trainer/test_reference_options.py::test_precomputed_cache_is_shared_and_invalidated_by_max_length",),
              note="the sweep it times (reference=precomputed over betas) on model=tiny"),
     "python experiments/bench_dpo_speed.py --model tiny --steps 2 --rounds 1": Runs(test=(SPEED_SMOKE,)),
+    # docs/methods.md
+    "python -m prefopt.train loss=dpo adaptive_beta=beta_dpo adaptive_beta.alpha=0.6 adaptive_beta.filter_ratio=0.2":
+        Runs(test=("tests/losses/test_adaptive_beta.py::test_kill_and_resume_equals_uninterrupted_run",)),
+    "python -m prefopt.train loss=dpo beta=0.1 beta_schedule=cosine beta_schedule.end=0.5":
+        Runs(test=("tests/losses/test_beta_schedule.py::test_cli_logs_the_scheduled_beta_per_step",),
+             note="the test runs the linear schedule; the cosine one composes here"),
+    "python -m prefopt.train loss=dpo reference=bema reference.bema_update_freq=50":
+        Runs(test=("tests/test_reference_bema.py::test_kill_and_resume_equals_uninterrupted_run",)),
+    # docs/tracking.md
+    "pip install tensorboard":
+        Runs(ci=("bash scripts/test.sh",), note="the test extra that scripts/test.sh installs holds tensorboard"),
+    "python -m prefopt.train logger=tensorboard":
+        Runs(test=("tests/test_sinks.py::test_tensorboard_events_equal_metrics_jsonl_one_subdir_per_job",)),
+    "python -m prefopt.train logger=mlflow":
+        Runs(test=("tests/test_sinks.py::test_mlflow_file_store_equals_metrics_jsonl_one_experiment_per_sweep",)),
+    "python -m prefopt.train logger=accelerate logger.tracker=aim":
+        Runs(test=("tests/test_sinks.py::test_single_run_keeps_tracker_files_in_the_run_dir",),
+             note="the test runs logger=accelerate with tracker=tensorboard; aim is not a test dependency"),
+    "mlflow ui --backend-store-uri runs/<date>/<time>/mlruns":
+        Runs(test=("tests/test_sinks.py::test_mlflow_file_store_equals_metrics_jsonl_one_experiment_per_sweep",),
+             note="the test reads the same file store through MLflow's client; the UI server is not started"),
+    "export HF_TOKEN=hf_...": Runs(test=("tests/test_hub.py::test_off_by_default_and_token_env_is_read",)),
+    "python -m prefopt.train hub.push=true hub.repo_id=your-name/dpo-smollm2 hub.private=true":
+        Runs(test=("tests/test_hub.py::test_cli_run_pushes_model_and_card",),
+             note="against a local stand-in for the Hub API; this machine cannot reach the Hub"),
+    # docs/study.md
+    "python -m prefopt.train -m model=smollm2-135m benchmark=sentiment loss=dpo,ipo beta=0.01,0.1,1.0 seed=1,2,3":
+        Runs(test=("tests/study/test_study_multirun.py::test_study_of_a_real_multirun",),
+             note="the test sweeps losses, betas and seeds on model=tiny; experiments/paper_frontier.py on SmolLM2"),
+    "python -m prefopt.study multirun/2026-12-01/10-00-00 --target-diff 0.05":
+        Runs(test=("tests/study/test_study.py::test_cli_writes_the_report_files",)),
 }.items()}
 
 
