@@ -166,10 +166,10 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
     "benchmark.judge.base_url=https://api.openai.com/v1 benchmark.judge.model=gpt-4":
         Runs(test=("tests/benchmarks/test_eval_benchmarks.py::test_mt_bench_with_http_judge",),
              note="against tests/judges/fake_judge_server.py, an OpenAI-compatible server, not api.openai.com"),
-    "python -m prefopt.evaluate run_dir=RUN benchmark=alpaca_eval judge=local benchmark.judge.model=smollm2-135m":
-        Runs(test=("tests/benchmarks/test_eval_benchmarks.py::test_alpaca_eval_with_http_judge",
+    "python -m prefopt.evaluate run_dir=RUN benchmark=alpaca_eval_pairwise judge=local benchmark.judge.model=smollm2-135m":
+        Runs(test=("tests/benchmarks/test_alpaca_eval_pairwise.py::test_alpaca_eval_pairwise_with_http_judge",
                    "tests/benchmarks/test_eval_benchmarks.py::test_mt_bench_with_local_tiny_judge"),
-             note="AlpacaEval with an HTTP judge, and a local judge on model=tiny"),
+             note="the pairwise AlpacaEval benchmark with an HTTP judge, and a local judge on model=tiny"),
     "python -m prefopt.evaluate run_dir=RUN benchmark=preference": Runs(test=(RESCORE,)),
     "python -m prefopt.extrapolate run_dir=RUN alpha=0.1,0.3,0.5":
         Runs(test=("tests/test_extrapolate.py::test_each_alpha_is_a_run_directory",)),
