@@ -3,6 +3,8 @@
     flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py            # 8 steps, 2 rounds
     flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py --steps 6 --rounds 1
     python experiments/bench_dpo_speed.py --model tiny --steps 2 --rounds 1     # smoke check, seconds
+    python experiments/bench_dpo_speed.py --configs trl,prefopt,prefopt_packed --max-length 1024
+    python experiments/bench_dpo_speed.py --configs prefopt_packed --attn flex_attention   # a GPU machine
 
 Each configuration runs in its own child process (this script with --child), one after another, and the
 list of configurations is repeated --rounds times, so a burst of load from other processes hits every
@@ -17,6 +19,9 @@ Definitions (the same for both sides):
 - tokens/s: pairs/s x mean (prompt+chosen + prompt+rejected) tokens per pair of that side's own
   tokenization (TRL keeps the ChatML newline after <|im_end|>, prefopt does not: 1 token per completion);
 - peak RSS: the child's ru_maxrss (model loading included);
+- tok eff (token efficiency): real tokens / tokens the policy's decoder processed in training, padding
+  counted as processed (prefopt: summary.json's throughput.token_efficiency; TRL: from the 2-D attention
+  masks its decoder calls receive). trainer.packing (configs prefopt_packed*) runs no padding: 1.0;
 - achieved FLOP/s: executed matmul FLOPs per step / median s/step, where executed FLOPs are counted from
   the shapes the decoder actually ran (a forward hook on every decoder call with grad enabled: tokens
   incl. padding x 2 x decoder-layer parameters, plus attention 4 x layers x hidden x width per token),
@@ -47,6 +52,8 @@ CONFIGS = {
     "prefopt": "prefopt, reference=precomputed (sweep default)",
     "prefopt_frozen": "prefopt, reference=frozen",
     "prefopt_plain": "prefopt, frozen, no prompt sharing/grouping",
+    "prefopt_packed": "prefopt, precomputed, packed (trainer.packing)",
+    "prefopt_packed_frozen": "prefopt, frozen, packed (trainer.packing)",
 }
 
 
@@ -61,6 +68,8 @@ class FlopCounter:
         self.active = False
         self.decoder_flops = 0.0
         self.head_rows = 0
+        self.real_tokens = 0  # non-padding positions of 2-D attention masks (TRL's batches)
+        self.processed_tokens = 0
 
     def attach(self, model, count_head: bool):
         import torch
@@ -74,6 +83,10 @@ class FlopCounter:
             if self.active and torch.is_grad_enabled() and module.training:
                 rows, width = kwargs.get("input_ids", args[0] if args else None).shape
                 self.decoder_flops += rows * width * (2 * layer_params + 4 * n_layers * hidden * width)
+                mask = kwargs.get("attention_mask")
+                if torch.is_tensor(mask) and mask.dim() == 2:
+                    self.real_tokens += int(mask.sum())
+                    self.processed_tokens += rows * width
 
         def on_head(module, args):
             if self.active and torch.is_grad_enabled() and module.training:
@@ -107,7 +120,8 @@ def child_matmul(args) -> dict:
 
 
 def overrides_for(args, reference: str) -> list[str]:
-    return [f"model={args.model}", "benchmark=none", "loss=dpo", "beta=0.1", f"reference={reference}",
+    attn = [f"model.attn_implementation={args.attn}"] if args.attn else []
+    return attn + [f"model={args.model}", "benchmark=none", "loss=dpo", "beta=0.1", f"reference={reference}",
             f"dataset.max_train_rows={args.steps * args.batch_size}", f"dataset.max_length={args.max_length}",
             f"trainer.batch_size={args.batch_size}", "trainer.grad_accum=1", f"trainer.max_steps={args.steps}",
             "epochs=1", "trainer.eval_every=0", "trainer.save_model=false", "trainer.progress_bar=false",
@@ -127,7 +141,7 @@ def dataset_rows(args) -> list[dict]:
     return [source[row["index"]] for row in train]
 
 
-def child_prefopt(args, reference: str, plain: bool) -> dict:
+def child_prefopt(args, reference: str, plain: bool, packing: bool = False) -> dict:
     from prefopt.trainer import setup as trainer_setup
     from prefopt.trainer.loop import run
     from tests.conftest import compose
@@ -145,6 +159,8 @@ def child_prefopt(args, reference: str, plain: bool) -> dict:
     overrides = overrides_for(args, reference)
     if plain:
         overrides += ["trainer.share_prompt=false", "trainer.group_by_length=false"]
+    if packing:
+        overrides += ["trainer.packing=true"]
     run_dir = Path(tempfile.mkdtemp(prefix="bench-prefopt-"))
     counter.active = True  # only grad-enabled train-mode forwards count: not precompute, not eval
     summary = run(compose(overrides), run_dir)
@@ -156,7 +172,7 @@ def child_prefopt(args, reference: str, plain: bool) -> dict:
     return {"step_seconds": [args.batch_size / r["pairs/s"] for r in steps],
             "tokens_per_pair": throughput["tokens/s"] * throughput["train_seconds"] / (len(steps) * args.batch_size),
             "peak_rss_mb": peak_rss_mb(), "flops_per_step": flops, "reference": summary["reference"],
-            "reference_seconds": throughput["reference_seconds"]}
+            "reference_seconds": throughput["reference_seconds"], "token_efficiency": throughput["token_efficiency"]}
 
 
 def child_trl(args, precompute: bool) -> dict:
@@ -212,13 +228,15 @@ def child_trl(args, precompute: bool) -> dict:
     completion = statistics.mean(len(r["chosen_ids"]) + len(r["rejected_ids"]) for r in train_data)
     passes = 3 + (0 if precompute else 1)
     flops = (counter.decoder_flops / len(step_seconds) + head_per_row * completion * args.batch_size) * passes
+    efficiency = counter.real_tokens / counter.processed_tokens if counter.processed_tokens else None
     return {"step_seconds": step_seconds, "tokens_per_pair": tokens_per_pair, "peak_rss_mb": peak_rss_mb(),
-            "flops_per_step": flops, "init_seconds": init_seconds, "train_seconds": train_seconds}
+            "flops_per_step": flops, "init_seconds": init_seconds, "train_seconds": train_seconds,
+            "token_efficiency": efficiency}
 
 
 def run_child(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--batch-size",
-           str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model]
+           str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model, "--attn", args.attn]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
            "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
@@ -239,7 +257,12 @@ def summarize(name: str, runs: list[dict], args, peak: float) -> dict:
     return {"name": name, "s_per_step": median, "s_per_step_range": (min(steps), max(steps)),
             "pairs_s": pairs, "tokens_s": pairs * statistics.mean(r["tokens_per_pair"] for r in runs),
             "rss_mb": max(r["peak_rss_mb"] for r in runs), "flops_s": flops / median,
+            "token_efficiency": runs[0].get("token_efficiency"),
             "mfu": flops / median / peak, "wall": statistics.mean(r["wall_seconds"] for r in runs)}
+
+
+def efficiency(value) -> str:
+    return f"{value:7.3f}" if value is not None else f"{'-':>7s}"
 
 
 def main() -> None:
@@ -249,6 +272,8 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--model", default="smollm2-135m", help="tiny: a seconds-long smoke check of the script")
+    parser.add_argument("--attn", default="", help="prefopt's model.attn_implementation (empty: the model's "
+                        "default, sdpa); TRL keeps its default")
     parser.add_argument("--configs", default="trl,prefopt,trl_pre,prefopt_frozen",
                         help=f"comma-separated, from {', '.join(CONFIGS)}")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -260,7 +285,10 @@ def main() -> None:
                   "trl_pre": lambda: child_trl(args, precompute=True),
                   "prefopt": lambda: child_prefopt(args, "precomputed", plain=False),
                   "prefopt_frozen": lambda: child_prefopt(args, "frozen", plain=False),
-                  "prefopt_plain": lambda: child_prefopt(args, "frozen", plain=True)}[args.child]()
+                  "prefopt_plain": lambda: child_prefopt(args, "frozen", plain=True),
+                  "prefopt_packed": lambda: child_prefopt(args, "precomputed", plain=False, packing=True),
+                  "prefopt_packed_frozen": lambda: child_prefopt(args, "frozen", plain=False, packing=True),
+                  }[args.child]()
         print(json.dumps(result))
         return
 
@@ -289,12 +317,12 @@ def main() -> None:
     names = [n for n in names if results[n]]
     rows = {n: summarize(n, results[n], args, peak) for n in names}
     header = f"{'configuration':52s} {'s/step':>7s} {'range':>13s} {'pairs/s':>8s} {'tok/s':>7s} {'RSS MB':>7s} " \
-             f"{'GFLOP/s':>8s} {'of peak':>7s}"
+             f"{'GFLOP/s':>8s} {'of peak':>7s} {'tok eff':>7s}"
     print(header)
     for n, r in rows.items():
         lo, hi = r["s_per_step_range"]
         print(f"{CONFIGS[n]:52s} {r['s_per_step']:7.2f} {lo:6.2f}-{hi:6.2f} {r['pairs_s']:8.3f} {r['tokens_s']:7.0f} "
-              f"{r['rss_mb']:7.0f} {r['flops_s'] / 1e9:8.1f} {r['mfu']:7.2f}")
+              f"{r['rss_mb']:7.0f} {r['flops_s'] / 1e9:8.1f} {r['mfu']:7.2f} {efficiency(r['token_efficiency'])}")
     print()
     for ours in [n for n in names if n.startswith("prefopt")]:
         for theirs in [n for n in names if n.startswith("trl")]:
