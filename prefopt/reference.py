@@ -96,6 +96,8 @@ class Reference:
     wraps_policy = False
     # It holds a model that ZeRO-3 may partition for inference like the policy.
     shardable = False
+    # It runs a forward pass over every batch the policy scores (summary.json's compute counts those tokens).
+    forwards_per_batch = False
     # It can give per-token log-probs (LD-DPO), and score any sequence, not only the dataset's (KTO's
     # mismatched pairs); ``limitation`` says why not in an error message.
     token_logps = True
@@ -202,6 +204,7 @@ class ModelReference(Reference):
     """A reference that holds a model and scores batches with it in eval mode under no_grad."""
 
     shardable = True
+    forwards_per_batch = True
 
     def __init__(self, model, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS, packing: bool = False):
         super().__init__()
@@ -395,6 +398,7 @@ class AdapterOffReference(Reference):
     """The LoRA policy with its adapters disabled: the base model, with no second copy of its weights."""
 
     wraps_policy = True
+    forwards_per_batch = True
 
     def __init__(self, peft_policy, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS, packing: bool = False):
         super().__init__()

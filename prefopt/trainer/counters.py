@@ -16,6 +16,10 @@ class RunCounters:
     pairs_seen: int = 0
     tokens_seen: float = 0.0
     skipped_steps: int = 0  # non-finite updates dropped under trainer.on_nonfinite=skip
+    # Held-out evals: sequences and non-padding tokens the policy scored without gradient, and their seconds.
+    eval_sequences: int = 0
+    eval_tokens: float = 0.0
+    eval_time: float = 0.0
     # Positions the policy's decoder ran in training: non-padding ones, and all of them (padding included).
     real_tokens: float = 0.0
     processed_tokens: float = 0.0

@@ -58,6 +58,7 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     if state.path is not None:
         log.info("resuming from %s (step %d)", state.path, state.step)
     counters = RunCounters.from_dict(state.counters)
+    phases = {"setup": time.perf_counter() - wall_start}  # wall seconds of this process, by phase
     if s.is_main:
         # A resumed run's log is cut back to its checkpoint: no line of the lost steps, none twice.
         checkpoint.truncate_metrics(run_dir / "metrics.jsonl", state.metrics_offset)
@@ -66,20 +67,27 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
             atomic_write_json(run_dir / "label_noise_rows.json", s.datasets.label_noise)
     sinks = build_sinks(cfg.logger, run_dir, s.config, s.is_main, name=run_dir.name)
 
+    started, eval_before = time.perf_counter(), counters.eval_time
     step = train(s, counters, state.step, state.path, sinks)
+    phases["train"] = time.perf_counter() - started - (counters.eval_time - eval_before)
 
-    eval_metrics = heldout(s)
+    eval_metrics = heldout(s, counters)
+    phases["eval"] = counters.eval_time - eval_before
     sinks.log({"split": "eval", "step": step, "epoch": counters.last_train.get("epoch", 0.0), **eval_metrics})
     policy = trained_policy(s)
     benchmark = None
+    started = time.perf_counter()
     if cfg.benchmark.name != "none" and s.is_main:
         benchmark = benchmark_trained_policy(cfg, policy, s.reference, s.tokenizer, s.device, run_dir)
         sinks.log({"split": "benchmark", "step": step, **{k: v for k, v in benchmark.items() if k != "examples"}})
+    phases["benchmark"] = time.perf_counter() - started
+    started = time.perf_counter()
     if s.is_main and cfg.trainer.save_model:
         save_model_atomically(policy, s.tokenizer, run_dir / "model")
+    phases["save"] = time.perf_counter() - started
 
     summary = build_summary(s, counters, step=step, eval_metrics=eval_metrics, benchmark=benchmark,
-                            resumed_from=state.path, hydra_choices=hydra_choices, wall_start=wall_start)
+                            resumed_from=state.path, hydra_choices=hydra_choices, wall_start=wall_start, phases=phases)
     if s.is_main:
         atomic_write_json(run_dir / "summary.json", redact(summary))
         if cfg.trainer.save_model:  # the card reads the summary, so it is written after it
@@ -124,7 +132,7 @@ def train(s: TrainingSetup, counters: RunCounters, start_step: int, last_checkpo
                 sinks.log({"split": "train", **record})
             progress.update(step, record)
             if cfg.trainer.eval_every and step % cfg.trainer.eval_every == 0 and step < s.total_steps:
-                counters.eval_metrics = heldout(s)
+                counters.eval_metrics = heldout(s, counters)
                 sinks.log({"split": "eval", "step": step, "epoch": record["epoch"], **counters.eval_metrics})
             if cfg.trainer.checkpoint_every and step % cfg.trainer.checkpoint_every == 0 and step < s.total_steps:
                 last_checkpoint = checkpoint.save(s, step, counters, sinks.offset()) or last_checkpoint
@@ -145,9 +153,17 @@ def start_or_resume(cfg: DictConfig, run_dir: Path, accelerator) -> Path | None:
     return resume_from
 
 
-def heldout(s: TrainingSetup) -> dict[str, float]:
-    return evaluate_heldout(s.scorer, s.reference, s.terms, s.kind, s.datasets.eval, s.cfg, s.pad_id, s.device,
-                            s.accelerator)
+def heldout(s: TrainingSetup, counters: RunCounters) -> dict[str, float]:
+    """The held-out metrics now; their sequences, tokens and seconds go to the compute accounting."""
+    started = time.perf_counter()
+    metrics = evaluate_heldout(s.scorer, s.reference, s.terms, s.kind, s.datasets.eval, s.cfg, s.pad_id, s.device,
+                               s.accelerator)
+    counters.eval_time += time.perf_counter() - started
+    for row in s.datasets.eval:
+        completions = [v for k, v in row.items() if k.endswith("_ids") and k != "prompt_ids"]
+        counters.eval_sequences += len(completions)
+        counters.eval_tokens += sum(len(row["prompt_ids"]) + len(c) for c in completions)
+    return metrics
 
 
 def trained_policy(s: TrainingSetup):

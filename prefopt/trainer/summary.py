@@ -14,8 +14,10 @@ from prefopt.models import package_versions
 
 
 def build_summary(s, counters, *, step: int, eval_metrics: dict, benchmark: dict | None,
-                  resumed_from: Path | None, hydra_choices: dict | None, wall_start: float) -> dict:
-    """The summary of the run ``s`` (a ``TrainingSetup``) after ``step`` optimizer steps."""
+                  resumed_from: Path | None, hydra_choices: dict | None, wall_start: float,
+                  phases: dict | None = None) -> dict:
+    """The summary of the run ``s`` (a ``TrainingSetup``) after ``step`` optimizer steps; ``phases``: wall
+    seconds of this process by phase (setup, train, eval, benchmark, save)."""
     train_time = counters.train_time
     return {
         "status": "completed",
@@ -23,6 +25,7 @@ def build_summary(s, counters, *, step: int, eval_metrics: dict, benchmark: dict
         "losses": {t.spec.name: {"weight": t.weight, **vars(t.hparams)} for t in s.terms},
         "choices": hydra_choices or {},
         "tags": OmegaConf.to_container(s.cfg.tags, resolve=True),
+        "seed": s.cfg.seed,
         "steps": step,
         "skipped_steps": counters.skipped_steps,
         "resumed_from": str(resumed_from) if resumed_from else None,
@@ -44,10 +47,52 @@ def build_summary(s, counters, *, step: int, eval_metrics: dict, benchmark: dict
             "processed_tokens": counters.processed_tokens,
         },
         "reference": s.reference.info(),
+        "compute": compute(s, counters, phases or {}, time.perf_counter() - wall_start),
         "peak_rss_mb": peak_rss_mb(),
         "wall_time_s": time.perf_counter() - wall_start,
         "versions": {"python": sys.version.split()[0], **package_versions()},
         "git_commit": git_commit(),
+    }
+
+
+def parameter_count(model) -> int:
+    # ZeRO-3 leaves each rank an empty shard and records the full size as ds_numel; tied weights count once.
+    return sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
+
+
+def compute(s, counters, phases: dict, wall: float) -> dict:
+    """What the run cost, so that a study can compare losses at equal compute.
+
+    Tokens are the non-padding positions of the sequences scored (a pair is two sequences, each with its
+    prompt), over every process and, after a resume, over the whole run: ``policy_tokens_backward`` in
+    optimizer steps (forward and backward), ``policy_tokens_forward`` those plus the held-out evals (forward
+    only). The reference forwards the same sequences when it runs a pass per batch (frozen, checkpoint, sync,
+    adapter_off, ...); a precomputed reference (scored once before training, see ``reference.precompute_seconds``)
+    or none forwards nothing. Not counted: KTO's mismatched KL pairs, WPO's extra no-grad pass and the
+    benchmark's generation (timed in ``wall_s.benchmark``).
+
+    ``flops_estimate`` = 6·N·policy_tokens_backward + 2·N·(policy_tokens_forward − policy_tokens_backward)
+    + 2·N_ref·reference_tokens_forward: Kaplan et al. 2020 (arXiv:2001.08361, Sec. 2.1, C ≈ 6N per trained
+    token: 2N forward, 4N backward) with N every parameter of the model (the tied embedding once; Kaplan's N
+    leaves out embeddings, but a tied output head is a real matmul), attention's context term ignored."""
+    per_example = 2 if s.kind == "paired" else 1
+    train_sequences = counters.pairs_seen * per_example
+    forwards = s.reference.forwards_per_batch
+    n_policy = parameter_count(s.policy)
+    n_reference = parameter_count(s.reference.model) if getattr(s.reference, "model", None) is not None else n_policy
+    backward = counters.tokens_seen
+    forward = backward + counters.eval_tokens
+    reference_tokens = forward if forwards else 0.0
+    return {
+        "policy_parameters": n_policy,
+        "policy_sequences_backward": train_sequences,
+        "policy_tokens_forward": forward,
+        "policy_tokens_backward": backward,
+        "reference_forwards": train_sequences + counters.eval_sequences if forwards else 0,
+        "reference_tokens_forward": reference_tokens,
+        "flops_estimate": 6.0 * n_policy * backward + 2.0 * n_policy * (forward - backward)
+        + 2.0 * n_reference * reference_tokens,
+        "wall_s": {**{k: float(v) for k, v in phases.items()}, "total": wall},
     }
 
 
