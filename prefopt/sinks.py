@@ -225,6 +225,9 @@ def check_logger(lcfg) -> None:
                           "(logger=accelerate logger.tracker=<name> for any other tracker accelerate supports)")
     tracker = tracker_of(lcfg)
     key = "logger.tracker" if lcfg.name == "accelerate" else "logger"
+    if lcfg.name == "accelerate" and not tracker:
+        raise ConfigError("logger.tracker: required with logger=accelerate, e.g. logger.tracker=aim (one of "
+                          f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))})")
     if lcfg.name == "accelerate" and tracker not in LOGGER_TYPE_TO_CLASS:
         raise ConfigError(f"logger.tracker={tracker!r}: not a tracker accelerate supports; one of "
                           f"{', '.join(sorted(LOGGER_TYPE_TO_CLASS))}")
