@@ -107,13 +107,15 @@ def test_notebook_runs_top_to_bottom(sweep, tmp_path):
     figures = tmp_path / "figures"
     params[0].source = f"SWEEP_DIR = {str(sweep)!r}\nFIGURE_DIR = {str(figures)!r}\nBENCHMARK = 'sentiment'\n"
     NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}).execute()
-    names = {"reward_margins", "eval_reward_margins", "benchmark_delta", "reward_kl_frontier"}
+    names = {"reward_margins", "eval_reward_margins", "benchmark_delta", "reward_kl_frontier", "study_frontier",
+             "study_equal_kl", "study_curves"}
     assert {p.stem for p in figures.glob("*.png")} == names
     for name in names:
         pixels = mpimg.imread(figures / f"{name}.png")
         assert pixels.shape[0] > 100 and pixels.shape[1] > 100 and float(np.std(pixels)) > 0.01, name
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
     assert f"{len(LOSSES) * len(BETAS)} runs" in text
+    assert f"{len(LOSSES) * len(BETAS)} completed runs over seeds [42]" in text  # the study's cells ran
 
 
 def test_evaluate_cli_rescores_a_finished_run(sweep, tmp_path):
