@@ -70,6 +70,8 @@ class ModelConfig:
     eot_token: str | None = None
     attn_implementation: str | None = None
     gradient_checkpointing: bool = False
+    # LoRA adapters on the policy: null = full fine-tuning; lora=default sets them (and reference=adapter_off).
+    lora: LoraConfig | None = None
 
 
 @dataclass
@@ -118,7 +120,7 @@ class DatasetConfig:
 
 @dataclass
 class LoraConfig:
-    # LoRA adapters of the policy under reference=adapter_off (peft): rank, scale numerator, dropout.
+    # LoRA adapters on the policy (peft; prefopt/lora.py): rank, scale numerator (scale = alpha / r), dropout.
     r: int = 16
     alpha: int = 32
     dropout: float = 0.0
@@ -126,6 +128,10 @@ class LoraConfig:
     target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     )
+    # null = the base in model.dtype; 4bit = QLoRA: the base in bitsandbytes NF4 (needs CUDA and bitsandbytes).
+    quantize: str | None = None
+    # <run_dir>/model holds the adapter alone; true also writes the merged full model to <run_dir>/model_merged.
+    save_merged: bool = False
 
 
 @dataclass
@@ -150,8 +156,6 @@ class ReferenceConfig:
     bema_update_after: int = 0
     bema_multiplier: float = 1.0
     bema_min_ema_multiplier: float = 0.0
-    # kind=adapter_off: the LoRA adapters trained on top of the shared base weights.
-    lora: LoraConfig = field(default_factory=LoraConfig)
 
 
 @dataclass
@@ -204,11 +208,6 @@ class TrainerConfig:
     group_by_length: bool = True
     # Run each pair's prompt once for chosen and rejected (packed rows, block attention mask).
     share_prompt: bool = True
-    # Padding-free batches: every sequence (or shared-prompt pair) of a micro-batch in one row, position ids
-    # restarting per sequence, attention confined to each (prefopt/scoring/layout.py). Pays off where the
-    # kernel skips masked blocks (model.attn_implementation=flex_attention or flash_attention_2 on a GPU); with
-    # sdpa/eager (CPU) the mask is dense over the whole batch's tokens, so attention does more work, not less.
-    packing: bool = False
     # Padding-free batches: every sequence (or shared-prompt pair) of a micro-batch in one row, position ids
     # restarting per sequence, attention confined to each (prefopt/scoring/layout.py). Pays off where the
     # kernel skips masked blocks (model.attn_implementation=flex_attention or flash_attention_2 on a GPU); with
@@ -339,6 +338,43 @@ class HubConfig:
 
 
 @dataclass
+class RegimeConfig:
+    # offline: train on the dataset's pairs; iterative / spin: rounds of sampling from the policy, labelling
+    # (or, for spin, the dataset's response vs the policy's sample) and training (prefopt/online/rounds.py).
+    kind: str = "offline"
+    rounds: int = 3
+    epochs_per_round: int = 1
+    # k completions sampled per training prompt per round (spin: always 1).
+    samples_per_prompt: int = 4
+    # best_vs_worst | random | all_pairs (prefopt/online/pairs.py); |score difference| <= tie_margin is a tie.
+    pairs: str = "best_vs_worst"
+    tie_margin: float = 0.0
+    # reset: each round's reference is the policy it starts from; initial: the run's first model throughout.
+    reference: str = "reset"
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    sample_batch_size: int = 16
+    # Seeds the sampling streams (with the round, prompt and sample numbers) and the random pair choice.
+    seed: int = 0
+
+
+@dataclass
+class LabellerConfig:
+    # none | gold | judge | reward_model, or a plug-in's name (prefopt/labellers/).
+    name: str = "none"
+    # gold: the benchmark whose ground-truth scorer labels (null = the run's benchmark).
+    benchmark: str | None = None
+    # judge: the judge (same keys as benchmark.judge) and whether it grades each sample or compares two.
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    judge_mode: str = "pairwise"
+    # reward_model: a local *ForSequenceClassification directory or hub id, and the logit used as the score.
+    path: str | None = None
+    label_index: int = 0
+    batch_size: int = 8
+
+
+@dataclass
 class PrefoptConfig:
     # The loss strength β, shared by every loss config through ${beta}.
     beta: float = 0.1
@@ -366,6 +402,9 @@ class PrefoptConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # hub.push=true hub.repo_id=user/name: push the saved model and its card to the Hub after training.
     hub: HubConfig = field(default_factory=HubConfig)
+    # regime=offline|iterative|spin and the labeller that turns samples into pairs (labeller=gold|judge|...).
+    regime: RegimeConfig = field(default_factory=RegimeConfig)
+    labeller: LabellerConfig = field(default_factory=LabellerConfig)
     # A DeepSpeed config (deepspeed=zero2|zero3, conf/deepspeed/); null = plain DDP / single process.
     deepspeed: Any = None
     # β modifiers of every paired loss with a beta (null = off): adaptive_beta=beta_dpo is β-DPO's dynamic β and

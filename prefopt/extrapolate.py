@@ -91,7 +91,7 @@ def check_source(run_dir: Path) -> tuple[DictConfig, dict]:
     for name in ("config.yaml", "summary.json"):
         if not (run_dir / name).is_file():
             raise ExtrapolateError(f"run_dir={run_dir}: no {name}; is this a prefopt run directory?")
-    if not (run_dir / "model" / "config.json").is_file():
+    if not any((run_dir / "model" / name).is_file() for name in ("config.json", "adapter_config.json")):
         raise ExtrapolateError(f"run_dir={run_dir}: no saved model in {run_dir / 'model'} "
                                "(the run had trainer.save_model=false)")
     run_cfg = OmegaConf.load(run_dir / "config.yaml")

@@ -62,10 +62,10 @@ DIRECT: dict[str, tuple[str, str]] = {
     "data_seed": ("dataset.seed", ""),
     "max_length": ("dataset.max_length", "prompt + completion tokens"),
     "max_prompt_length": ("dataset.max_prompt_length", ""),
-    "lora_r": ("reference.lora.r", "with use_peft: true"),
-    "lora_alpha": ("reference.lora.alpha", "with use_peft: true"),
-    "lora_dropout": ("reference.lora.dropout", "with use_peft: true"),
-    "lora_target_modules": ("reference.lora.target_modules", "with use_peft: true"),
+    "lora_r": ("model.lora.r", "with use_peft: true"),
+    "lora_alpha": ("model.lora.alpha", "with use_peft: true"),
+    "lora_dropout": ("model.lora.dropout", "with use_peft: true"),
+    "lora_target_modules": ("model.lora.target_modules", "with use_peft: true"),
 }
 
 # Fields with no effect on what prefopt trains: recipe field -> why it is safe to drop.
@@ -362,7 +362,7 @@ def _flash(v, r) -> Pairs:
 
 def _peft(v, r) -> Pairs:
     # LoRA adapters on the policy, the base weights (adapters off) as the reference.
-    return [("reference", "adapter_off")] if v else []
+    return [("lora", "default")] if v else []
 
 
 def _report_to(v, r) -> Pairs:
@@ -416,7 +416,7 @@ HANDLED: dict[str, tuple[Callable[[Any, dict], Pairs], str]] = {
     "torch_dtype": (_dtype, "model.dtype (null -> auto)"),
     "dtype": (_dtype, "model.dtype (torch_dtype's newer name)"),
     "use_flash_attention_2": (_flash, "model.attn_implementation=flash_attention_2"),
-    "use_peft": (_peft, "reference=adapter_off (LoRA on the policy, adapters off = reference)"),
+    "use_peft": (_peft, "lora=default (LoRA on the policy; reference=adapter_off: adapters off = reference)"),
     "optim": (_optim, "optimizer=adamw (adamw_torch, adamw_torch_fused, adamw_hf) or optimizer=rmsprop"),
     "lr_scheduler_type": (_scheduler, "optimizer.scheduler: the same name (HF constant: warmup_ratio=0)"),
     "warmup_ratio": (_warmup_ratio, "optimizer.warmup_ratio"),

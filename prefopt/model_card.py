@@ -60,10 +60,13 @@ def model_card(summary: Mapping[str, Any], config: Mapping[str, Any]) -> str:
     if hub_data:
         front["datasets"] = list(dict.fromkeys(hub_data))
     front["tags"] = tags(summary)
-    front["library_name"] = "transformers"
+    lora = model.get("lora")
+    # Hub convention for adapter repos: library_name peft (with base_model, when it is on the hub).
+    front["library_name"] = "peft" if lora else "transformers"
     if base in KNOWN_LICENSES:
         front["license"] = KNOWN_LICENSES[base]
-    body = [_title(summary, config, base), _training(summary, config), _data(summary, dataset),
+    body = [_title(summary, config, base), *([_adapter(lora, model, base)] if lora else []),
+            _training(summary, config), _data(summary, dataset),
             _benchmarks(summary), _reproduce(summary, config)]
     return "---\n" + yaml.safe_dump(front, sort_keys=False) + "---\n\n" + "\n".join(body)
 
@@ -76,7 +79,7 @@ def write_model_card(run_dir: str | Path, summary: Mapping[str, Any] | None = No
 
     run_dir = Path(run_dir)
     model_dir = run_dir / "model"
-    if not (model_dir / "config.json").is_file():
+    if not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):  # full or LoRA
         return None
     if summary is None:
         import json
@@ -106,6 +109,21 @@ def tags(summary: Mapping[str, Any]) -> list[str]:
         elif spec.trl_name and spec.data == "paired":
             out.append("dpo")
     return list(dict.fromkeys(out))
+
+
+def _adapter(lora, model, base) -> str:
+    targets = ", ".join(lora.get("target_modules") or [])
+    quant = " over a 4-bit NF4 base (QLoRA)" if lora.get("quantize") else ""
+    source = base or model.get("name_or_path")
+    return "\n".join([
+        "## LoRA adapter", "",
+        f"This directory holds a LoRA adapter{quant} (r={lora.get('r')}, alpha={lora.get('alpha')}, "
+        f"dropout={lora.get('dropout')}, on {targets}), not full weights; its base is `{source}` "
+        "(`base_model_name_or_path` in adapter_config.json). Load it with "
+        "`peft.AutoPeftModelForCausalLM.from_pretrained(<this dir>)`, or with prefopt "
+        "(`prefopt.models.load_model(<this dir>)`, prefopt.evaluate), which merges it into the base."
+        + (" The merged full model is in `../model_merged`." if lora.get("save_merged") else ""),
+        ""])
 
 
 def _title(summary, config, base) -> str:

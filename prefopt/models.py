@@ -197,18 +197,44 @@ def load_tokenizer(name_or_path: str, chat_template: str | None = None, trust_re
 
 
 def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool = False,
-               attn_implementation: str | None = None):
+               attn_implementation: str | None = None, quantization_config=None):
+    """A causal LM from a hub id, a directory or a built-in name. A LoRA adapter directory (peft's
+    ``adapter_config.json``, what a run with ``model.lora`` saves) loads as its base with the adapter merged
+    in: a plain model, whatever reads it next. ``quantization_config``: bitsandbytes' (QLoRA, prefopt.lora)."""
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
+    adapter = Path(path) / "adapter_config.json"
+    if adapter.is_file():
+        return _load_adapter(Path(path), dtype, trust_remote_code, attn_implementation)
     kwargs = dict(dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
+    if quantization_config is not None:
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = {"": torch.cuda.current_device()}  # bitsandbytes quantizes on the GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as err:
         raise ModelLoadError(f"model.name_or_path={name_or_path!r}: cannot load model: {err}") from err
     return model
+
+
+def _load_adapter(path: Path, dtype: str, trust_remote_code: bool, attn_implementation: str | None):
+    import json
+
+    try:
+        from peft import PeftModel
+    except ImportError:
+        raise ModelLoadError(f"{path} holds a LoRA adapter; loading it needs peft: pip install 'prefopt[lora]'") from None
+    base_name = json.loads((path / "adapter_config.json").read_text()).get("base_model_name_or_path")
+    if not base_name:
+        raise ModelLoadError(f"{path / 'adapter_config.json'}: no base_model_name_or_path")
+    base = load_model(base_name, dtype, trust_remote_code, attn_implementation)
+    try:
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload()
+    except (OSError, ValueError) as err:
+        raise ModelLoadError(f"{path}: cannot load the LoRA adapter on {base_name}: {err}") from err
 
 
 def package_versions() -> dict[str, str]:

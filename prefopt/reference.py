@@ -15,8 +15,8 @@ distributed code ask those questions; none of them tests a kind's name (only thi
   changes the key. Every run and every multirun job with the same key reuses the file; a file lock makes
   a racing job wait for the first one's file instead of computing it twice; the file is published by an
   atomic rename. No reference model is held during training.
-- ``adapter_off``: the policy is wrapped with LoRA adapters (peft); the reference is the same model with
-  its adapters disabled, so the base weights exist once.
+- ``adapter_off``: the policy carries LoRA adapters (``model.lora``, prefopt/lora.py; ``lora=default`` picks
+  this kind); the reference is the same model with its adapters disabled, so the base weights exist once.
 - ``sync``: TR-DPO (Gorbatovski et al. 2024, arXiv:2404.09656): a frozen copy that is pulled toward the
   policy every ``sync_steps`` optimizer steps, θ_ref ← α·θ + (1 − α)·θ_ref with α = ``sync_alpha``
   (α = 1 is the paper's hard update).
@@ -45,6 +45,7 @@ import torch
 from filelock import FileLock
 
 from prefopt.errors import PrefoptError
+from prefopt.lora import is_adapter
 from prefopt.models import cache_root, load_model
 from prefopt.scoring.logps import CHUNK_ROWS, SequenceScorer
 
@@ -92,8 +93,11 @@ class Reference:
     needs_dataset_pass = False
     # Its weights change during training: checkpoints save them, and a sharded policy cannot feed them.
     moves_with_policy = False
-    # It wraps the policy itself (LoRA adapters); FSDP cannot shard such a policy.
+    # It scores with the policy itself, LoRA adapters disabled: the policy must carry adapters (model.lora; its
+    # schema values when unset), and FSDP cannot shard such a policy.
     wraps_policy = False
+    # It deep-copies the initial policy: next to a LoRA policy, a second full copy of the frozen base (warned).
+    copies_policy = False
     # It holds a model that ZeRO-3 may partition for inference like the policy.
     shardable = False
     # It runs a forward pass over every batch the policy scores (summary.json's compute counts those tokens).
@@ -132,11 +136,6 @@ class Reference:
     @classmethod
     def check_config(cls, rcfg) -> None:
         """Range checks of this kind's keys, before anything is loaded."""
-
-    @classmethod
-    def prepare_policy(cls, rcfg, policy):
-        """The policy to train under this kind (only ``wraps_policy`` kinds change it)."""
-        return policy
 
     @classmethod
     def initial_model_path(cls, rcfg, mcfg) -> str:
@@ -226,6 +225,7 @@ class ModelReference(Reference):
 @register_reference("frozen")
 class FrozenReference(ModelReference):
     holds_frozen_model = True
+    copies_policy = True
 
     @classmethod
     def build(cls, rcfg, ctx: BuildContext) -> Reference:
@@ -257,6 +257,7 @@ class SyncReference(ModelReference):
     """TR-DPO: θ_ref ← α·θ + (1 − α)·θ_ref every ``sync_steps`` optimizer steps."""
 
     moves_with_policy = True
+    copies_policy = True
 
     def __init__(self, model, alpha: float, every: int, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS,
                  packing: bool = False):
@@ -318,9 +319,10 @@ class BEMAReference(ModelReference):
     """
 
     moves_with_policy = True
+    copies_policy = True
 
-    def __init__(self, model, rcfg, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS):
-        super().__init__(model, share_prompt, chunk_rows)
+    def __init__(self, model, rcfg, share_prompt: bool = False, chunk_rows: int = CHUNK_ROWS, packing: bool = False):
+        super().__init__(model, share_prompt, chunk_rows, packing)
         self.update_freq = int(rcfg.bema_update_freq)
         self.ema_power = float(rcfg.bema_ema_power)
         self.bias_power = float(rcfg.bema_bias_power)
@@ -350,7 +352,7 @@ class BEMAReference(ModelReference):
 
     @classmethod
     def build(cls, rcfg, ctx: BuildContext) -> Reference:
-        return cls(copy.deepcopy(ctx.policy).to(ctx.device), rcfg, ctx.share_prompt, ctx.chunk_rows)
+        return cls(copy.deepcopy(ctx.policy).to(ctx.device), rcfg, ctx.share_prompt, ctx.chunk_rows, ctx.packing)
 
     def ema_beta(self, step: int) -> float:
         return max((self.lag + self.multiplier * step) ** (-self.ema_power), self.min_ema_multiplier)
@@ -406,22 +408,9 @@ class AdapterOffReference(Reference):
         self.scorer = SequenceScorer(peft_policy, share_prompt=share_prompt, chunk_rows=chunk_rows, packing=packing)
 
     @classmethod
-    def prepare_policy(cls, rcfg, policy):
-        """Only the adapters train."""
-        from peft import LoraConfig, get_peft_model
-
-        lcfg = rcfg.lora
-        config = LoraConfig(r=lcfg.r, lora_alpha=lcfg.alpha, lora_dropout=lcfg.dropout,
-                            target_modules=list(lcfg.target_modules), task_type="CAUSAL_LM")
-        try:
-            return get_peft_model(policy, config)
-        except ValueError as err:
-            raise ReferenceConfigError(f"reference.lora.target_modules={list(lcfg.target_modules)}: {err}") from err
-
-    @classmethod
     def build(cls, rcfg, ctx: BuildContext) -> Reference:
         if not hasattr(ctx.policy, "disable_adapter"):
-            raise ReferenceConfigError("reference=adapter_off needs the LoRA policy from prepare_policy()")
+            raise ReferenceConfigError("reference=adapter_off needs a policy with LoRA adapters (model.lora)")
         return cls(ctx.policy, ctx.share_prompt, ctx.chunk_rows, ctx.packing)
 
     @torch.no_grad()
@@ -456,10 +445,12 @@ def sequence_keys(batch) -> list[bytes]:
 
 
 def weights_digest(model) -> str:
-    """Hash of every parameter and buffer (names, dtypes, shapes, bytes); tied tensors hashed once."""
+    """Hash of every parameter and buffer (names, dtypes, shapes, bytes); tied tensors hashed once. Of a LoRA
+    policy, the base's alone under the base's names: it is scored with its adapters off, so it shares the
+    cache of a run without LoRA on the same base."""
     digest = hashlib.blake2b(digest_size=16)
     seen = set()
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(_base_state(model).items()):
         ptr = tensor.data_ptr()
         digest.update(name.encode())
         if ptr in seen:
@@ -469,6 +460,14 @@ def weights_digest(model) -> str:
         digest.update(f"{t.dtype}{tuple(t.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return digest.hexdigest()
+
+
+def _base_state(model) -> dict[str, torch.Tensor]:
+    if not is_adapter(model):
+        return model.state_dict()
+    # peft renames base weights <prefix>base_model.model.<name> and <module>.base_layer.<param>.
+    return {k.removeprefix("base_model.model.").replace(".base_layer.", "."): v
+            for k, v in model.state_dict().items() if "lora_" not in k}
 
 
 @register_reference("precomputed")
@@ -599,12 +598,15 @@ def _score_all(model, batches: list[dict], device, share_prompt: bool, chunk_row
     model.eval()
     scorer = SequenceScorer(model, share_prompt=share_prompt, chunk_rows=chunk_rows, packing=packing)
     table = {}
+    # A LoRA policy's reference is its base: adapters off (LoRA's B starts at zero, but need not).
+    adapters_off = model.disable_adapter() if is_adapter(model) else contextlib.nullcontext()
     try:
-        for batch in batches:
-            keys = sequence_keys(batch)
-            logps, _ = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                              batch["completion_mask"].to(device), n_pairs=batch.get("n_examples"))
-            table.update(zip(keys, logps.double().tolist(), strict=True))
+        with adapters_off:
+            for batch in batches:
+                keys = sequence_keys(batch)
+                logps, _ = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                                  batch["completion_mask"].to(device), n_pairs=batch.get("n_examples"))
+                table.update(zip(keys, logps.double().tolist(), strict=True))
     finally:
         model.train(was_training)
     return table
@@ -616,11 +618,6 @@ def _cast_parameters(model, dtype: torch.dtype):
     for param in model.parameters():
         param.data = param.data.to(dtype)
     return model
-
-
-def prepare_policy(rcfg, policy, needs_reference: bool):
-    """The policy to train under this reference option (LoRA-wrapped for ``adapter_off``)."""
-    return reference_class(rcfg, needs_reference).prepare_policy(rcfg, policy)
 
 
 def build_reference(rcfg, mcfg, policy, needs_reference: bool, loss_names: list[str], device,

@@ -44,19 +44,19 @@ def benchmark_config(overrides: list[str]):
         # An unknown benchmark/judge option or a misspelled key: Hydra's message names it and the options.
         raise ConfigError(" ".join(str(err).split())) from None
     if cfg.benchmark.name == "none":
-        raise EvaluateError("benchmark=none: name a benchmark (sentiment, mt_bench, alpaca_eval, preference)")
+        raise EvaluateError("benchmark=none: name a benchmark (sentiment, mt_bench, alpaca_eval, "
+                            "alpaca_eval_pairwise, preference)")
     check_judge(cfg.benchmark)
     return cfg.benchmark
 
 
 def check_judge(bcfg) -> None:
-    """A benchmark that needs a judge (the registry says which) refuses to start without one."""
+    """A benchmark refuses to start on a config it cannot run: without a judge where it needs one (the registry
+    says which), or whatever its own check refuses (benchmark=alpaca_eval: no alpaca_eval package, no judge=http)."""
     from prefopt import benchmarks
 
-    judge = bcfg.get("judge")
-    if (bcfg.name != "preference" and benchmarks.spec(bcfg.name).needs_judge
-            and (judge is None or judge.kind == "none")):
-        raise EvaluateError(f"benchmark={bcfg.name} needs a judge: add judge=http or judge=local (conf/judge/)")
+    if bcfg.name != "preference":
+        benchmarks.spec(bcfg.name).check_config(bcfg)
 
 
 def load_reference_model(run_cfg, device=None):
@@ -161,7 +161,7 @@ def evaluate_run(run_dir: str | Path, bcfg) -> dict:
     check_judge(bcfg)
     run_cfg = OmegaConf.load(run_dir / "config.yaml")
     model_dir = run_dir / "model"
-    if not (model_dir / "config.json").is_file():
+    if not any((model_dir / name).is_file() for name in ("config.json", "adapter_config.json")):  # full or LoRA
         raise EvaluateError(f"run_dir={run_dir}: no saved model in {model_dir} (the run had trainer.save_model=false)")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if bcfg.name == "preference":

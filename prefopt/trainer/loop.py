@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from prefopt.benchmarks.runner import benchmark_trained_policy
 from prefopt.hub import push_model
 from prefopt.io import atomic_write_json, atomic_write_text
+from prefopt.lora import wrap_policy
 from prefopt.model_card import write_model_card
 from prefopt.models import load_model, save_model_atomically
 from prefopt.sinks import build_sinks, install_log_redaction, redact
@@ -83,7 +84,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
     phases["benchmark"] = time.perf_counter() - started
     started = time.perf_counter()
     if s.is_main and cfg.trainer.save_model:
-        save_model_atomically(policy, s.tokenizer, run_dir / "model")
+        save_model_atomically(policy, s.tokenizer, run_dir / "model")  # a LoRA policy: its adapter alone
+        if cfg.model.lora is not None and cfg.model.lora.save_merged:
+            save_model_atomically(policy.merge_and_unload(), s.tokenizer, run_dir / "model_merged")
     phases["save"] = time.perf_counter() - started
 
     summary = build_summary(s, counters, step=step, eval_metrics=eval_metrics, benchmark=benchmark,
@@ -167,16 +170,15 @@ def heldout(s: TrainingSetup, counters: RunCounters) -> dict[str, float]:
 
 
 def trained_policy(s: TrainingSetup):
-    """The trained policy as a plain transformers model with full weights, on rank 0."""
+    """The trained policy on rank 0: a transformers model with full weights, or, with model.lora, the peft
+    model (base + adapters) that generates as it trained and saves its adapter alone."""
     full_state = gathered_state_dict(s.accelerator, s.scorer)  # collective under ZeRO-3 and FSDP
     policy = s.policy
     if full_state is not None and s.is_main:
         # ZeRO-3 and FSDP leave each rank a shard; rank 0 saves a fresh model holding the gathered weights.
         mcfg = s.cfg.model
         policy = load_model(mcfg.name_or_path, mcfg.dtype, mcfg.trust_remote_code)
+        if mcfg.lora is not None:  # the gathered names are the peft model's
+            policy = wrap_policy(policy, mcfg.lora)
         policy.load_state_dict(full_state, strict=False)
-    if hasattr(policy, "merge_and_unload"):
-        # reference=adapter_off trained LoRA adapters: merged, the benchmark and run_dir/model see a plain
-        # model that transformers and prefopt.evaluate load directly.
-        policy = policy.merge_and_unload()
     return policy

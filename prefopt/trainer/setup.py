@@ -24,11 +24,11 @@ from prefopt import data as data_lib
 from prefopt.data.collate import collate
 from prefopt.errors import ConfigError
 from prefopt.hub import check_hub
+from prefopt.lora import check_lora, quantization_config, wrap_policy
 from prefopt.losses.beta_modifiers import BetaControl, beta_control
 from prefopt.models import load_model, load_tokenizer
 from prefopt.reference import Reference, build_reference, reference_class
 from prefopt.scoring import SequenceScorer, check_inputs, required_inputs
-from prefopt.scoring.layout import attention_kind, flex_backward_ok
 from prefopt.scoring.layout import attention_kind, flex_backward_ok
 from prefopt.sinks import check_logger
 from prefopt.trainer.batching import batches, steps_per_epoch
@@ -127,11 +127,11 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     check_reference_fits(cfg, reference_cls)
     needs = required_inputs(terms)  # e.g. per-token log-probs for WPO/LD-DPO, KL pairs for KTO
     check_inputs(needs, cfg.trainer.batch_size, reference_cls)
+    resolve_lora(cfg, reference_cls)  # before any model loads: targets checked on the meta device
 
     # DDP when launched with several processes, DeepSpeed with deepspeed=zero2|zero3, FSDP2 when accelerate
     # is launched with conf/accelerate/fsdp*.yaml (distributed.py).
     accelerator = make_accelerator(cfg, reference_cls)
-    check_attention(cfg, accelerator.device)
     check_attention(cfg, accelerator.device)
     set_seed(cfg.seed)
     if before_loading is not None:
@@ -143,10 +143,14 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
              datasets.stats)
 
     policy = load_model(cfg.model.name_or_path, cfg.model.dtype, cfg.model.trust_remote_code,
-                        cfg.model.attn_implementation)
+                        cfg.model.attn_implementation, quantization_config(cfg.model.lora))
     if cfg.model.gradient_checkpointing:
         policy.gradient_checkpointing_enable()
-    policy = reference_cls.prepare_policy(cfg.reference, policy)  # LoRA-wrapped for adapter_off
+    if cfg.model.lora is not None:
+        if cfg.model.gradient_checkpointing:
+            # The frozen embeddings' outputs need grad, or checkpointed layers pass none back to the adapters.
+            policy.enable_input_require_grads()
+        policy = wrap_policy(policy, cfg.model.lora, cfg.model.gradient_checkpointing)  # only the adapters train
 
     def every_batch() -> list[dict]:  # what a reference that scores the dataset once reads
         rows = datasets.train + datasets.eval
@@ -240,18 +244,19 @@ def check_attention(cfg: DictConfig, device) -> None:
                           f"on device {device}; train with sdpa there (the dense mask) or on a GPU")
 
 
-def check_attention(cfg: DictConfig, device) -> None:
-    """Attention implementations that cannot run this configuration, refused before any model loads."""
-    impl = cfg.model.attn_implementation
-    kind = attention_kind(impl)
-    if kind == "varlen" and cfg.trainer.share_prompt:
-        # Prompt sharing needs a mask in which the rejected branch skips the chosen one; flash kernels take none.
-        raise ConfigError(f"trainer.share_prompt=true needs an attention mask, which model.attn_implementation={impl} "
-                          "cannot take; set trainer.share_prompt=false (trainer.packing=true stays padding-free) or "
-                          "model.attn_implementation=flex_attention")
-    if kind == "flex" and not flex_backward_ok(device):
-        raise ConfigError(f"model.attn_implementation={impl}: torch {torch.__version__} has no FlexAttention backward "
-                          f"on device {device}; train with sdpa there (the dense mask) or on a GPU")
+def resolve_lora(cfg: DictConfig, reference: type[Reference]) -> None:
+    """``model.lora`` checked before anything loads; a reference that scores with the policy's adapters off
+    (reference=adapter_off) gets the schema's LoRA values when none are set, written into the run's config."""
+    from prefopt.config import LoraConfig
+
+    if reference.wraps_policy and cfg.model.lora is None:
+        cfg.model.lora = OmegaConf.structured(LoraConfig)
+        log.info("reference=%s without model.lora: LoRA with the defaults of lora=default", reference.kind)
+    check_lora(cfg.model)
+    if cfg.model.lora is not None and reference.copies_policy:
+        log.warning("reference=%s with model.lora copies the whole base model next to the LoRA policy; "
+                    "reference=adapter_off (lora=default's choice) scores the same base without a copy",
+                    reference.kind)
 
 
 def check_reference_fits(cfg: DictConfig, reference: type[Reference]) -> None:

@@ -178,15 +178,16 @@ def tiny_batch():
 
 
 def test_adapter_off_holds_one_copy_of_the_base(tiny_batch):
+    from prefopt.lora import wrap_policy
     from prefopt.models import load_model
-    from prefopt.reference import build_reference, prepare_policy
+    from prefopt.reference import build_reference
     from prefopt.scoring.logps import SequenceScorer
     from tests.conftest import compose
 
-    cfg = compose(["model=tiny", "reference=adapter_off"])
+    cfg = compose(["model=tiny", "lora=default"])
     base = load_model("tiny", "float32")
     base_storages = {p.untyped_storage().data_ptr() for p in base.parameters()}
-    policy = prepare_policy(cfg.reference, base, needs_reference=True)
+    policy = wrap_policy(base, cfg.model.lora)
     reference = build_reference(cfg.reference, cfg.model, policy, True, ["dpo"], "cpu")
     # The reference scores the policy object itself; its base weights are the very tensors loaded.
     assert reference.scorer.model is policy and reference.model is None
