@@ -233,6 +233,24 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
              note="the test sweeps losses, betas and seeds on model=tiny; experiments/paper_frontier.py on SmolLM2"),
     "python -m prefopt.study multirun/2026-12-01/10-00-00 --target-diff 0.05":
         Runs(test=("tests/study/test_study.py::test_cli_writes_the_report_files",)),
+    # docs/gpu.md
+    "python -m prefopt.train lora=default":
+        Runs(test=("tests/test_lora.py::test_each_reference_kind_trains_a_lora_policy",),
+             note="the test trains lora=default on model=tiny with adapter_off, frozen and precomputed"),
+    "python -m prefopt.train lora=default model.lora.r=64 model.lora.alpha=16":
+        Runs(test=("tests/test_lora.py::test_each_reference_kind_trains_a_lora_policy",
+                   "tests/test_docs_commands.py::test_train_commands_compose"),
+             note="the test trains lora=default (r=16) on model=tiny; this rank composes"),
+    "python -m prefopt.train lora=default reference=precomputed":
+        Runs(test=("tests/test_lora.py::test_precomputed_with_lora_reuses_the_cache_of_the_base",)),
+    "python -m prefopt.train lora=default model.lora.quantize=4bit":
+        Runs(test=("tests/test_lora.py::test_qlora_without_a_gpu_is_one_line_before_anything_loads",),
+             note="needs a CUDA GPU and bitsandbytes; the test checks the one-line refusal without them"),
+    "python -m prefopt.train -m hydra/launcher=local_parallel hydra.launcher.n_jobs=8 hydra.launcher.gpus_per_job=1 "
+    "loss=dpo,ipo,simpo,kto beta=0.01,0.1":
+        Runs(test=("tests/sweep/test_local_parallel_gpus.py::test_sweep_jobs_get_disjoint_devices",),
+             note="needs GPUs; the test gives the launcher 5 stand-in devices through CUDA_VISIBLE_DEVICES and "
+                  "records each job's slice"),
 }.items()}
 
 
