@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from prefopt.config import CONF_DIR, register_configs
 from prefopt.errors import ConfigError, PrefoptError
 from prefopt.objective import check_objective, objective_value
+from prefopt.online import trainer_for
 from prefopt.sinks import redact_files
 from prefopt.trainer.loop import run
 
@@ -51,7 +52,7 @@ def main(cfg: DictConfig) -> float | None:
     redact_files(Path(hydra_cfg.runtime.output_dir, hydra_cfg.output_subdir or ".hydra").glob("*.yaml"))
     try:
         check_objective(cfg)
-        summary = run(cfg, run_dir=hydra_cfg.runtime.output_dir, hydra_choices=choices)
+        summary = trainer_for(cfg)(cfg, run_dir=hydra_cfg.runtime.output_dir, hydra_choices=choices)
         objective = objective_value(cfg, summary)
     except PrefoptError as err:
         log.error("%s", err)

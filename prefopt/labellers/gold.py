@@ -1,8 +1,9 @@
 """``labeller=gold``: the benchmark's ground-truth reward as the labeller (VADER for the sentiment task).
 
-A benchmark offers a gold scorer by defining ``gold_score(texts) -> list[float]`` in its module; the labeller
-asks the configured benchmark for it rather than knowing benchmark names. With a gold labeller the online
-regime is the DPO paper's idealized setting: preferences from the very reward the run is judged by.
+``labeller.benchmark`` names the benchmark (null = the run's own). A benchmark offers a gold scorer by
+defining ``gold_score(texts) -> list[float]`` in its module; the labeller asks the benchmark for it rather
+than knowing benchmark names. With a gold labeller the iterative regime is the DPO paper's idealized
+setting: preferences from the very reward the run is judged by.
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ class GoldLabeller(Labeller):
 
     @classmethod
     def from_config(cls, lcfg, bcfg):
-        name = bcfg.name if bcfg is not None else "none"
+        name = lcfg.get("benchmark") or (bcfg.name if bcfg is not None else "none")
         if name == "none":
-            raise ConfigError("labeller=gold uses the benchmark's ground-truth scorer, but benchmark=none "
-                              "(pick a benchmark with one, e.g. benchmark=sentiment)")
+            raise ConfigError("labeller=gold uses a benchmark's ground-truth scorer, but benchmark=none "
+                              "(set labeller.benchmark=sentiment, or pick a benchmark with one)")
         module = importlib.import_module(benchmarks.spec(name).run.__module__)
         scorer = getattr(module, "gold_score", None)
         if scorer is None:

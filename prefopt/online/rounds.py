@@ -1,0 +1,307 @@
+"""Iterative preference optimization in rounds: ``regime=iterative`` and ``regime=spin``.
+
+    python -m prefopt.train experiment=iterative_dpo                       # 3 rounds, gold (VADER) labels
+    python -m prefopt.train experiment=spin                                # SPIN, 2 rounds
+    python -m prefopt.train regime=iterative labeller=judge labeller.judge.base_url=... loss=ipo
+
+Each round r of ``regime.rounds``:
+  1. samples ``regime.samples_per_prompt`` completions of every training prompt from the current policy (the
+     start model in round 0, round r-1's trained model after), with the benchmarks' batched KV-cache sampler,
+     sample j of prompt i from the stream seeded by (regime.seed, round, i, j);
+  2. labels them (``labeller=...``, ``prefopt.labellers``) and builds pairs (``regime.pairs``, ties dropped and
+     counted) -- or, for SPIN (Chen et al. 2024, arXiv 2401.01335, Eq. 4.7 with the logistic loss: any paired
+     loss of the registry here), pairs the dataset's own target response (chosen) against the policy's sample
+     (rejected), an identical pair dropped and counted;
+  3. writes ``samples_round<r>.jsonl`` (every sample, its label, the pairs) and ``pairs_round<r>.jsonl`` (a
+     ``dataset=generic`` file), so that a round can be audited and its pairs reused offline;
+  4. trains ``regime.epochs_per_round`` epochs on those pairs with prefopt's one training loop, as a run of
+     its own in ``round<r>/``, with any paired loss unchanged. Its reference is that round's start policy
+     (``regime.reference=reset``, the iterative-DPO and SPIN recipes) or the run's first model
+     (``regime.reference=initial``).
+
+Each round starts a fresh optimizer, as the iterative-DPO recipes this reproduces do (each round is a DPO run
+on new pairs); the online regime, which keeps one optimizer and samples every step, is not built yet.
+
+Resume (``resume=auto``): a round whose ``round<r>/summary.json`` is complete is skipped; a round's samples are
+read back from its ``samples_round<r>.jsonl`` instead of being drawn again; an interrupted round continues
+from its newest checkpoint. Sampling is keyed by (seed, round, prompt, sample), not by an RNG that runs on,
+so nothing but the files needs keeping for a resumed run to equal an uninterrupted one.
+
+The run's summary.json lists every round: pairs, ties and other counts, the labeller's costs (labels, calls,
+seconds), sampling/labelling/training seconds, the gold reward of the fresh samples when the benchmark has a
+ground-truth scorer, and the labeller's agreement with that gold score on the pairs it built. The benchmark
+(if any) is run once, on the last round's model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from prefopt import benchmarks
+from prefopt.errors import ConfigError
+from prefopt.generation import SampleSettings, sample_streams
+from prefopt.io import atomic_write_json, atomic_write_text, dumps, read_jsonl
+from prefopt.labellers import Labeller, build_labeller
+from prefopt.online.pairs import MODES, build_pairs, build_pairs_pairwise, needed_comparisons
+
+log = logging.getLogger("prefopt.online")
+
+ROUND_KINDS = ("iterative", "spin")
+
+
+def check_regime(cfg: DictConfig) -> None:
+    """Range checks of ``regime.*``, before anything loads; each names its key."""
+    rcfg = cfg.regime
+    if rcfg.kind not in ("offline", *ROUND_KINDS):
+        raise ConfigError(f"regime.kind={rcfg.kind!r}: must be offline, iterative or spin")
+    if rcfg.kind == "offline":
+        return
+    checks = [
+        (rcfg.rounds >= 1, f"regime.rounds={rcfg.rounds}: must be >= 1"),
+        (rcfg.epochs_per_round >= 1, f"regime.epochs_per_round={rcfg.epochs_per_round}: must be >= 1"),
+        (rcfg.kind == "spin" or rcfg.samples_per_prompt >= 2,
+         f"regime.samples_per_prompt={rcfg.samples_per_prompt}: must be >= 2 to build a pair"),
+        (rcfg.pairs in MODES, f"regime.pairs={rcfg.pairs!r}: must be one of {', '.join(MODES)}"),
+        (rcfg.tie_margin >= 0, f"regime.tie_margin={rcfg.tie_margin}: must be >= 0"),
+        (rcfg.reference in ("reset", "initial"), f"regime.reference={rcfg.reference!r}: must be reset or initial"),
+        (rcfg.max_new_tokens >= 1, f"regime.max_new_tokens={rcfg.max_new_tokens}: must be >= 1"),
+        (int(os.environ.get("WORLD_SIZE", "1")) == 1,
+         f"regime.kind={rcfg.kind}: runs in one process for now (WORLD_SIZE={os.environ.get('WORLD_SIZE')})"),
+    ]
+    for ok, message in checks:
+        if not ok:
+            raise ConfigError(message)
+
+
+def gold_scorer(bcfg):
+    """The benchmark's ground-truth scorer (``gold_score`` in its module), or None."""
+    if bcfg is None or bcfg.get("name") in (None, "none"):
+        return None
+    return getattr(importlib.import_module(benchmarks.spec(bcfg.name).run.__module__), "gold_score", None)
+
+
+def training_prompts(cfg: DictConfig) -> list[dict]:
+    """The training split's rows (prompt messages, and the target response for SPIN), in file order, cut to
+    dataset.max_train_rows; the rows the offline run would hold out for eval are held out here too."""
+    from prefopt.data import split_rows
+
+    counts = {"train": Counter(), "eval": Counter()}
+    rows, _ = split_rows(cfg.dataset, counts)
+    if cfg.dataset.max_train_rows:
+        rows = rows[: cfg.dataset.max_train_rows]
+    if not rows:
+        raise ConfigError(f"dataset.name={cfg.dataset.name}: no training prompts to sample from")
+    return rows
+
+
+def prompt_text(prompt: list[dict]) -> str:
+    return "\n\n".join(m["content"] for m in prompt if m["role"] == "user")
+
+
+def label_round(labeller: Labeller, prompts: list[str], samples: list[list[str]], mode: str, tie_margin: float,
+                rng: random.Random, counts: Counter) -> tuple[list[list[float | None]], list[list[dict]]]:
+    """Per prompt: the labels of its samples (scores, or Copeland wins of a comparing labeller) and its pairs."""
+    if not labeller.pairwise:
+        flat = labeller.score([p for p, s in zip(prompts, samples, strict=True) for _ in s],
+                              [text for s in samples for text in s])
+        scores, at = [], 0
+        for s in samples:
+            scores.append(flat[at:at + len(s)])
+            at += len(s)
+        return scores, [build_pairs(sc, mode, rng, tie_margin, counts) for sc in scores]
+    asked = [needed_comparisons(len(s), mode, rng) for s in samples]
+    verdicts = labeller.compare([p for p, a in zip(prompts, asked, strict=True) for _ in a],
+                                [s[i] for s, a in zip(samples, asked, strict=True) for i, _ in a],
+                                [s[j] for s, a in zip(samples, asked, strict=True) for _, j in a])
+    all_pairs, all_scores, at = [], [], 0
+    for s, a in zip(samples, asked, strict=True):
+        given = dict(zip(a, verdicts[at:at + len(a)], strict=True))
+        at += len(a)
+        pairs = build_pairs_pairwise(len(s), given, mode, counts)
+        wins = [0.0] * len(s)
+        for (i, j), v in given.items():
+            if v is not None:
+                wins[i if v == 0 else j] += 1
+        all_pairs.append(pairs)
+        all_scores.append(wins)
+    return all_scores, all_pairs
+
+
+def sample_round(cfg: DictConfig, policy_path: str, rows: list[dict], round_index: int, labeller: Labeller | None,
+                 gold) -> tuple[list[dict], dict]:
+    """Draw, label and pair one round; returns (records of samples_round<r>.jsonl, the round's figures)."""
+    import torch
+
+    from prefopt.data.tokenize import end_of_turn_token
+    from prefopt.models import load_model, load_tokenizer
+
+    rcfg, mcfg = cfg.regime, cfg.model
+    k = 1 if rcfg.kind == "spin" else rcfg.samples_per_prompt
+    figures: dict = {"round": round_index, "prompts": len(rows), "samples_per_prompt": k}
+    start = time.perf_counter()
+    tokenizer = load_tokenizer(policy_path, mcfg.chat_template, mcfg.trust_remote_code)
+    policy = load_model(policy_path, "float32" if not torch.cuda.is_available() else mcfg.dtype,
+                        mcfg.trust_remote_code)
+    if torch.cuda.is_available():
+        policy = policy.cuda()
+    eot = end_of_turn_token(tokenizer, mcfg.eot_token)
+    settings = SampleSettings(rcfg.max_new_tokens, rcfg.temperature, rcfg.top_p, rcfg.sample_batch_size,
+                              seed=rcfg.seed * 1_000_003 + round_index)
+    streams = [(i, j) for i in range(len(rows)) for j in range(k)]
+    drawn = sample_streams(policy, tokenizer, [rows[i]["prompt"] for i, _ in streams], streams, settings, eot)
+    del policy
+    texts = [[drawn[i * k + j]["text"] for j in range(k)] for i in range(len(rows))]
+    figures["sampling_s"] = time.perf_counter() - start
+    figures["finished_fraction"] = sum(d["finished"] for d in drawn) / len(drawn)
+
+    counts: Counter = Counter()
+    prompts = [prompt_text(r["prompt"]) for r in rows]
+    start = time.perf_counter()
+    if rcfg.kind == "spin":
+        # SPIN: the dataset's response is the chosen side, the policy's own sample the rejected one.
+        scores = [[None] for _ in rows]
+        pairs = []
+        for row, t in zip(rows, texts, strict=True):
+            if t[0].strip() == row["chosen"].strip():
+                counts["identical"] += 1
+                pairs.append([])
+            else:
+                pairs.append([{"chosen": "target", "rejected": 0}])
+    else:
+        costs_before = labeller.costs.as_dict()
+        scores, pairs = label_round(labeller, prompts, texts, rcfg.pairs, rcfg.tie_margin,
+                                    random.Random(rcfg.seed * 7919 + round_index), counts)
+        after = labeller.costs.as_dict()
+        figures["labeller"] = {key: after[key] - costs_before[key] for key in after}
+    figures["labelling_s"] = time.perf_counter() - start
+
+    records = []
+    for i, (row, t, sc, ps) in enumerate(zip(rows, texts, scores, pairs, strict=True)):
+        records.append({"prompt_id": i, "prompt": row["prompt"], "samples": t, "labels": sc, "pairs": ps,
+                        **({"target": row["chosen"]} if rcfg.kind == "spin" else {})})
+    if gold is not None:
+        gold_scores = gold([s for t in texts for s in t])
+        figures["gold_mean"] = sum(gold_scores) / len(gold_scores)
+        for rec, at in zip(records, range(0, len(gold_scores), k), strict=True):
+            rec["gold"] = gold_scores[at:at + k]
+        if rcfg.kind != "spin":
+            judged = [(rec["gold"][p["chosen"]], rec["gold"][p["rejected"]]) for rec in records for p in rec["pairs"]]
+            if judged:
+                figures["gold_agreement"] = sum(c > r for c, r in judged) / len(judged)
+                figures["gold_ties"] = sum(c == r for c, r in judged) / len(judged)
+    figures["pairs"] = sum(len(rec["pairs"]) for rec in records)
+    figures["counts"] = dict(counts)
+    return records, figures
+
+
+def pair_rows(records: list[dict]) -> list[dict]:
+    """The round's pairs as ``dataset=generic`` rows."""
+    rows = []
+    for rec in records:
+        for p in rec["pairs"]:
+            chosen = rec["target"] if p["chosen"] == "target" else rec["samples"][p["chosen"]]
+            rows.append({"prompt": rec["prompt"], "chosen": chosen, "rejected": rec["samples"][p["rejected"]],
+                         "score_chosen": p.get("score_chosen"), "score_rejected": p.get("score_rejected")})
+    return rows
+
+
+def round_config(cfg: DictConfig, r: int, policy_path: str, pairs_path: Path, round_dir: Path,
+                 resume: bool) -> DictConfig:
+    """The offline run of round r: the round's pairs, started from the round's policy."""
+    rcfg = cfg.regime
+    last = r == rcfg.rounds - 1
+    round_cfg = OmegaConf.to_container(cfg, resolve=True)
+    round_cfg["regime"] = {**round_cfg["regime"], "kind": "offline"}
+    round_cfg["model"]["name_or_path"] = policy_path
+    if rcfg.reference == "initial" and r > 0:
+        round_cfg["reference"] = {**round_cfg["reference"], "kind": "checkpoint", "name_or_path": cfg.model.name_or_path}
+    dataset = round_cfg["dataset"]
+    dataset.update(name="generic", path=str(pairs_path), eval_path=None, eval_split=None, label_noise=0.0,
+                   max_train_rows=None, options={"prompt": "prompt", "chosen": "chosen", "rejected": "rejected",
+                                                 "system": None, "score_chosen": "score_chosen",
+                                                 "score_rejected": "score_rejected"})
+    round_cfg["epochs"] = rcfg.epochs_per_round
+    round_cfg["seed"] = cfg.seed + r
+    round_cfg["trainer"]["save_model"] = True  # the next round starts from it
+    if not last:  # benchmarked and pushed once, at the end
+        round_cfg["benchmark"] = {**round_cfg["benchmark"], "name": "none"}
+        if isinstance(round_cfg.get("hub"), dict):
+            round_cfg["hub"]["push"] = False
+    round_cfg["run_dir"] = str(round_dir)
+    round_cfg["resume"] = "auto" if resume else None
+    return OmegaConf.create(round_cfg)
+
+
+def run_rounds(cfg: DictConfig, run_dir: Path, hydra_choices: dict | None = None) -> dict:
+    """Every round (see the module docstring); returns the run's summary, also written to summary.json."""
+    from prefopt.trainer.loop import run
+
+    check_regime(cfg)
+    rcfg = cfg.regime
+    wall_start = time.perf_counter()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resume = cfg.resume is not None
+    if not resume:  # a fresh run: nothing of an earlier one in this directory can be mistaken for this one
+        for old in [*run_dir.glob("round[0-9]*"), *run_dir.glob("samples_round*.jsonl"),
+                    *run_dir.glob("pairs_round*.jsonl"), run_dir / "summary.json"]:
+            shutil.rmtree(old) if old.is_dir() else old.unlink(missing_ok=True)
+    labeller = None if rcfg.kind == "spin" else build_labeller(cfg.labeller, cfg.benchmark)
+    gold = gold_scorer(OmegaConf.create({"name": cfg.labeller.get("benchmark") or cfg.benchmark.name}))
+    rows = training_prompts(cfg)
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+
+    rounds, summary_r = [], None
+    policy_path = cfg.model.name_or_path
+    for r in range(rcfg.rounds):
+        round_dir = run_dir / f"round{r}"
+        samples_path, pairs_path = run_dir / f"samples_round{r}.jsonl", run_dir / f"pairs_round{r}.jsonl"
+        if samples_path.is_file():
+            records = read_jsonl(samples_path)
+            figures = read_jsonl(run_dir / f"round{r}_figures.jsonl")[0]
+            log.info("round %d: samples read back from %s", r, samples_path)
+        else:
+            records, figures = sample_round(cfg, policy_path, rows, r, labeller, gold)
+            atomic_write_text(run_dir / f"round{r}_figures.jsonl", dumps(figures) + "\n")
+            atomic_write_text(pairs_path, "".join(dumps(row) + "\n" for row in pair_rows(records)))
+            atomic_write_text(samples_path, "".join(dumps(rec) + "\n" for rec in records))
+        if figures["pairs"] < 2:
+            raise ConfigError(f"regime: round {r} built {figures['pairs']} pairs from {len(rows)} prompts "
+                              f"(counts {figures['counts']}); more prompts, samples_per_prompt or temperature")
+        log.info("round %d: %d pairs (%s), sampling %.1fs, labelling %.1fs%s", r, figures["pairs"],
+                 figures["counts"], figures["sampling_s"], figures["labelling_s"],
+                 f", gold {figures['gold_mean']:+.4f}" if "gold_mean" in figures else "")
+        done = round_dir / "summary.json"
+        if resume and done.is_file() and read_jsonl_summary(done).get("status") == "completed":
+            summary_r = read_jsonl_summary(done)
+        else:
+            start = time.perf_counter()
+            summary_r = run(round_config(cfg, r, policy_path, pairs_path, round_dir, resume), run_dir=round_dir,
+                            hydra_choices=hydra_choices)
+            figures["training_s"] = time.perf_counter() - start
+        figures["steps"] = summary_r.get("steps")
+        figures["eval"] = summary_r.get("eval")
+        rounds.append(figures)
+        policy_path = str(round_dir / "model")
+
+    summary = {**summary_r, "run_dir": str(run_dir), "regime": OmegaConf.to_container(rcfg, resolve=True),
+               "labeller": None if labeller is None else labeller.name, "rounds": rounds,
+               "steps": sum(f["steps"] or 0 for f in rounds), "samples_generated": sum(
+                   f["prompts"] * f["samples_per_prompt"] for f in rounds),
+               "wall_time_s": time.perf_counter() - wall_start, "final_model": policy_path}
+    atomic_write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def read_jsonl_summary(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
