@@ -10,6 +10,7 @@ dataset's loading script is not run); anything else is a local JSON/JSONL path.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -25,14 +26,20 @@ LC_DIFFICULTIES = "df_gamed.csv"
 
 def hub_file(filename: str, where: str) -> Path:
     """A file of the hub dataset ``tatsu-lab/alpaca_eval`` (downloaded once into the hub cache)."""
-    from huggingface_hub import hf_hub_download
+    import huggingface_hub
 
+    # Without a network the hub client logs each of its retries; the one error below says it all.
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.CRITICAL)
     try:
-        return Path(hf_hub_download(repo_id=HUB_REPO, filename=filename, repo_type="dataset"))
+        return Path(huggingface_hub.hf_hub_download(repo_id=HUB_REPO, filename=filename, repo_type="dataset"))
     except Exception as err:  # offline, missing file, auth: the hub raises many types
         raise DataError(f"{where}: could not get {filename} from the hub dataset {HUB_REPO} "
-                        f"({type(err).__name__}: {' '.join(str(err).split())[:200]}). Offline? Point {where} "
-                        "at a local copy") from err
+                        f"({type(err).__name__}: {' '.join(str(err).split())[:160]}). Offline? Point {where} "
+                        f"at a local copy of {filename}") from err
+    finally:
+        hub_log.setLevel(level)
 
 
 def resolve(value: str, where: str, default_file: str = AE2_SET) -> Path:

@@ -257,6 +257,18 @@ def _annotator_class():
     return Annotator
 
 
+class _DropMessages(logging.Filter):
+    """Drops the package's warnings about choices prefopt makes on purpose (its own cache path, and the
+    endpoint from benchmark.judge rather than a client-config file): they would read as faults."""
+
+    def __init__(self, *starts: str):
+        super().__init__()
+        self.starts = starts
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.starts)
+
+
 def annotate(bcfg, endpoint: Endpoint, instructions, baseline, outputs) -> list[float | None]:
     """The package annotator's preference for each (instruction, baseline output, model output); None = invalid."""
     import_package()
@@ -264,17 +276,19 @@ def annotate(bcfg, endpoint: Endpoint, instructions, baseline, outputs) -> list[
 
     cache = annotation_cache(bcfg, endpoint)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    annotator = _annotator_class()(annotators_config=str(bcfg.annotator), caching_path=cache, seed=0)
-    for single in annotator.annotators.values():
-        single.completions_kwargs.update(
-            # The package builds its OpenAI client from these (its "backward compatible" path), never from a
-            # client-config file, so the endpoint is exactly benchmark.judge's.
-            openai_api_base=endpoint.base_url, openai_api_keys=[endpoint.api_key],
-            client_config_path=os.devnull, num_procs=endpoint.concurrency,
-            client_kwargs={"timeout": endpoint.timeout, "max_retries": endpoint.max_retries})
-        if endpoint.model:
-            single.completions_kwargs["model_name"] = endpoint.model
+    quiet = _DropMessages("Saving_path is given but not 'auto'", f"{os.devnull} wasn't found")
+    logging.getLogger().addFilter(quiet)
     try:
+        annotator = _annotator_class()(annotators_config=str(bcfg.annotator), caching_path=cache, seed=0)
+        for single in annotator.annotators.values():
+            single.completions_kwargs.update(
+                # The package builds its OpenAI client from these (its "backward compatible" path), never from a
+                # client-config file, so the endpoint is exactly benchmark.judge's.
+                openai_api_base=endpoint.base_url, openai_api_keys=[endpoint.api_key],
+                client_config_path=os.devnull, num_procs=endpoint.concurrency,
+                client_kwargs={"timeout": endpoint.timeout, "max_retries": endpoint.max_retries})
+            if endpoint.model:
+                single.completions_kwargs["model_name"] = endpoint.model
         rows = annotator.annotate_head2head(
             outputs_1=[{"instruction": i, "output": o} for i, o in zip(instructions, baseline, strict=True)],
             outputs_2=[{"instruction": i, "output": o} for i, o in zip(instructions, outputs, strict=True)],
@@ -282,6 +296,8 @@ def annotate(bcfg, endpoint: Endpoint, instructions, baseline, outputs) -> list[
     except Exception as err:  # openai's connection/auth/status errors, raised from the package's worker threads
         raise JudgeError(f"benchmark=alpaca_eval: the judge at {endpoint.base_url} failed: "
                          f"{type(err).__name__}: {' '.join(str(err).split())[:300]}") from err
+    finally:
+        logging.getLogger().removeFilter(quiet)
     by_key = {(r["instruction"], r["output_1"], r["output_2"]): r.get("preference") for r in rows}
     prefs = []
     for key in zip(instructions, baseline, outputs, strict=True):
@@ -339,8 +355,7 @@ def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dic
     baseline, baseline_name = load_reference_outputs(bcfg.reference_outputs, instructions)
     difficulties, why = lc_difficulties(bcfg, len(instructions))
     if difficulties is None:
-        log.warning("alpaca_eval: no length-controlled win rate, raw win rate only: %s "
-                    "(benchmark.lc_difficulties=PATH to a local %s)", why, LC_DIFFICULTIES)
+        log.warning("alpaca_eval: no length-controlled win rate, raw win rate only: %s", why)
     settings = SampleSettings(bcfg.max_new_tokens, bcfg.temperature, bcfg.top_p, bcfg.batch_size, bcfg.seed)
     chats = [[{"role": "user", "content": text}] for text in instructions]
     outputs = {side: [s["text"] for s in sample(model, tokenizer, chats, settings, eot_token)]
