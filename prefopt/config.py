@@ -375,43 +375,6 @@ class LabellerConfig:
 
 
 @dataclass
-class RegimeConfig:
-    # offline: train on the dataset's pairs; iterative / spin: rounds of sampling from the policy, labelling
-    # (or, for spin, the dataset's response vs the policy's sample) and training (prefopt/online/rounds.py).
-    kind: str = "offline"
-    rounds: int = 3
-    epochs_per_round: int = 1
-    # k completions sampled per training prompt per round (spin: always 1).
-    samples_per_prompt: int = 4
-    # best_vs_worst | random | all_pairs (prefopt/online/pairs.py); |score difference| <= tie_margin is a tie.
-    pairs: str = "best_vs_worst"
-    tie_margin: float = 0.0
-    # reset: each round's reference is the policy it starts from; initial: the run's first model throughout.
-    reference: str = "reset"
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    sample_batch_size: int = 16
-    # Seeds the sampling streams (with the round, prompt and sample numbers) and the random pair choice.
-    seed: int = 0
-
-
-@dataclass
-class LabellerConfig:
-    # none | gold | judge | reward_model, or a plug-in's name (prefopt/labellers/).
-    name: str = "none"
-    # gold: the benchmark whose ground-truth scorer labels (null = the run's benchmark).
-    benchmark: str | None = None
-    # judge: the judge (same keys as benchmark.judge) and whether it grades each sample or compares two.
-    judge: JudgeConfig = field(default_factory=JudgeConfig)
-    judge_mode: str = "pairwise"
-    # reward_model: a local *ForSequenceClassification directory or hub id, and the logit used as the score.
-    path: str | None = None
-    label_index: int = 0
-    batch_size: int = 8
-
-
-@dataclass
 class PrefoptConfig:
     # The loss strength β, shared by every loss config through ${beta}.
     beta: float = 0.1
@@ -439,9 +402,6 @@ class PrefoptConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     # hub.push=true hub.repo_id=user/name: push the saved model and its card to the Hub after training.
     hub: HubConfig = field(default_factory=HubConfig)
-    # regime=offline|iterative|spin and the labeller that turns samples into pairs (labeller=gold|judge|...).
-    regime: RegimeConfig = field(default_factory=RegimeConfig)
-    labeller: LabellerConfig = field(default_factory=LabellerConfig)
     # regime=offline|iterative|spin and the labeller that turns samples into pairs (labeller=gold|judge|...).
     regime: RegimeConfig = field(default_factory=RegimeConfig)
     labeller: LabellerConfig = field(default_factory=LabellerConfig)
