@@ -64,10 +64,15 @@ def test_precomputed_with_lora_reuses_the_cache_of_the_base(tmp_path):
 def test_adapter_only_save_reloads_to_the_same_logits(tmp_path):
     from peft import AutoPeftModelForCausalLM
 
+    from prefopt.evaluate import main
     from prefopt.models import load_model
 
     run_dir = tmp_path / "run"
-    run_cli([o for o in FAST if o != "trainer.save_model=false"] + ["model.lora.save_merged=true"], run_dir)
+    # The end-of-run benchmark generates with the LoRA policy itself (not merged).
+    run_cli([o for o in FAST if o not in ("trainer.save_model=false", "benchmark=none")] + [
+        "model.lora.save_merged=true", "benchmark=sentiment", "benchmark.num_prompts=3", "benchmark.max_new_tokens=4",
+        "benchmark.bootstrap_samples=100"], run_dir)
+    assert read_summary(run_dir)["benchmark"]["num_prompts"] == 3
     model_dir = run_dir / "model"
     assert (model_dir / "adapter_config.json").is_file() and (model_dir / "adapter_model.safetensors").is_file()
     assert not (model_dir / "model.safetensors").exists()  # the adapter alone, not the base again
@@ -82,6 +87,13 @@ def test_adapter_only_save_reloads_to_the_same_logits(tmp_path):
         base = load_model("tiny", "float32")(ids).logits
     assert torch.allclose(ours, merged, atol=1e-5) and torch.allclose(ours, peft, atol=1e-5)
     assert float((ours - base).abs().max()) > 1e-3  # the adapter changed the model
+
+    # prefopt.evaluate reads the adapter directory: its held-out metrics are the trainer's.
+    before = read_summary(run_dir)["eval"]
+    assert main([f"run_dir={run_dir}", "benchmark=preference"]) == 0
+    again = read_summary(run_dir)["benchmarks"]["preference"]
+    for key, value in before.items():
+        assert again[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
 def test_resume_with_lora_matches_the_uninterrupted_run(tmp_path):
