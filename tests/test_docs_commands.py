@@ -233,6 +233,17 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
              note="the test sweeps losses, betas and seeds on model=tiny; experiments/paper_frontier.py on SmolLM2"),
     "python -m prefopt.study multirun/2026-12-01/10-00-00 --target-diff 0.05":
         Runs(test=("tests/study/test_study.py::test_cli_writes_the_report_files",)),
+    # docs/online.md
+    "python -m prefopt.train experiment=iterative_dpo":
+        Runs(test=("tests/online/test_rounds.py::test_iterative_rounds_sample_label_pair_and_train_from_the_last_round",),
+             note="the test runs regime=iterative with gold labels on model=tiny; the experiment composes here"),
+    "python -m prefopt.train experiment=spin":
+        Runs(test=("tests/online/test_rounds.py::test_spin_pairs_the_datasets_response_against_the_policys_sample",),
+             note="the test runs regime=spin on model=tiny; the experiment composes here"),
+    "python -m prefopt.train regime=iterative labeller=reward_model labeller.path=/models/my-rm loss=ipo":
+        Runs(test=("tests/online/test_rounds.py::test_iterative_rounds_sample_label_pair_and_train_from_the_last_round",
+                   "tests/labellers/test_labellers.py::test_reward_model_scores_with_its_classifier_head"),
+             note="the rounds with gold labels, and the reward-model labeller on a tiny classifier"),
     # docs/gpu.md
     "python -m prefopt.train lora=default":
         Runs(test=("tests/test_lora.py::test_each_reference_kind_trains_a_lora_policy",),
