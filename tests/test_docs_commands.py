@@ -227,6 +227,15 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
     "python -m prefopt.train hub.push=true hub.repo_id=your-name/dpo-smollm2 hub.private=true":
         Runs(test=("tests/test_hub.py::test_cli_run_pushes_model_and_card",),
              note="against a local stand-in for the Hub API; this machine cannot reach the Hub"),
+    # docs/laboratory.md
+    "python -m prefopt.train -m loss=dpo,ipo beta=0.1 seed=1,2,3 benchmark.samples_per_prompt=2 "
+    "benchmark.num_prompts=96":
+        Runs(test=("tests/trainer/test_laboratory_run.py::test_seed_is_recorded_and_moves_data_order_not_the_benchmark_samples",
+                   "tests/benchmarks/test_sentiment.py::test_samples_per_prompt_items_and_clustered_counts"),
+             note="the tests run two seeds of a study and two samples per prompt on model=tiny"),
+    "python experiments/make_sentiment_pairs.py --prompts-only":
+        Runs(test=("tests/data/test_sentiment_assets.py::test_the_asset_is_what_the_script_writes",),
+             note="the test writes the prompt file into a temporary directory and compares it with the asset"),
     # docs/study.md
     "python -m prefopt.train -m model=smollm2-135m benchmark=sentiment loss=dpo,ipo beta=0.01,0.1,1.0 seed=1,2,3":
         Runs(test=("tests/study/test_study_multirun.py::test_study_of_a_real_multirun",),
