@@ -4,7 +4,7 @@
 log-probs of its completion tokens (prompt and padding masked) and the number of those tokens. Four
 things make it cheaper than the textbook ``log_softmax(model(x).logits)`` while giving the same numbers
 (``tests/scoring/test_logps_speed_paths.py`` checks the first two against ``completion_logps_from_logits``
-to 1e-5, ``tests/scoring/test_packing.py`` the third and ``tests/scoring/test_chunked_logps.py`` the
+to 1e-5, ``tests/scoring/test_layout.py`` the third and ``tests/scoring/test_chunked_logps.py`` the
 fourth against the plain padded path):
 
 - **Head only where it is needed.** The decoder runs once; the vocabulary projection is applied only at
