@@ -106,6 +106,7 @@ ZEPHYR = "tests/trainer/test_zephyr_pipeline.py::test_pipeline_dsft_then_both_dd
 NOTEBOOK = "tests/test_docs_commands.py::test_jupyter_lab_serves_the_analysis_notebook"
 RESCORE = "tests/analysis/test_analysis.py::test_evaluate_cli_rescores_a_finished_run"
 SPEED_SMOKE = "tests/test_docs_commands.py::test_speed_benchmark_smoke_check"
+PACKED_RUN = "tests/trainer/test_packing_training.py::test_packed_run_matches_padded_run"
 ON_GPUS = "needs GPUs; the same code path runs on 2 CPU processes in the test named"
 
 RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
@@ -202,6 +203,16 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
         Runs(test=("tests/trainer/test_reference_options.py::test_precomputed_cache_is_shared_and_invalidated_by_max_length",),
              note="the sweep it times (reference=precomputed over betas) on model=tiny"),
     "python experiments/bench_dpo_speed.py --model tiny --steps 2 --rounds 1": Runs(test=(SPEED_SMOKE,)),
+    # docs/performance.md
+    "flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py --configs trl,prefopt,prefopt_packed "
+    "--max-length 1024":
+        Runs(test=(SPEED_SMOKE, PACKED_RUN), note="the script at --model tiny; the packed configuration's training "
+                                                  "path runs on model=tiny in the second test"),
+    "python experiments/bench_dpo_speed.py --configs prefopt_packed --attn flex_attention":
+        Runs(test=("tests/trainer/test_packing_training.py::test_flex_attention_training_on_cpu_is_refused",
+                   "tests/scoring/test_layout.py::test_flex_block_mask_forward_matches_dense_on_cpu"),
+             note="needs a GPU (torch 2.13 has no FlexAttention backward on CPU: the first test checks the refusal, "
+                  "the second the FlexAttention forward against the dense mask)"),
     # docs/methods.md
     "python -m prefopt.train loss=dpo adaptive_beta=beta_dpo adaptive_beta.alpha=0.6 adaptive_beta.filter_ratio=0.2":
         Runs(test=("tests/losses/test_adaptive_beta.py::test_kill_and_resume_equals_uninterrupted_run",)),
