@@ -189,6 +189,9 @@ def describe(accelerator, model) -> dict[str, Any]:
                     "fsdp_units": sum(isinstance(m, FSDPModule) for m in model.modules()),
                     "wrap_classes": list(plugin.transformer_cls_names_to_wrap or []),
                     "backend": torch.distributed.get_backend() if torch.distributed.is_initialized() else None})
+        mp_policy = plugin.mixed_precision_policy
+        if mp_policy is not None:  # trainer.precision=bf16_autocast: bf16 forward, float32 gradient reduction
+            out.update({"param_dtype": str(mp_policy.param_dtype), "reduce_dtype": str(mp_policy.reduce_dtype)})
     elif uses_deepspeed(accelerator):
         out["zero_stage"] = zero_stage(accelerator)
     return out

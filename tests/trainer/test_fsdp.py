@@ -140,6 +140,9 @@ def test_fsdp_bf16_reference_computes_at_the_policy_precision(tmp_path):
                         "trainer.precision=bf16_autocast"], run_dir)
     first = [r for r in read_metrics(run_dir) if r["split"] == "train"][0]
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-6)
+    # float32 master shards, bf16 parameters in the forward, gradients reduced in float32 (precision.py).
+    distributed = read_summary(run_dir)["distributed"]
+    assert (distributed["param_dtype"], distributed["reduce_dtype"]) == ("torch.bfloat16", "torch.float32")
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6)
 
 
