@@ -191,3 +191,21 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     train = [r for r in full if r["split"] == "train"]
     assert len({round(r["beta"], 6) for r in train}) == len(train)  # β moved every step
     assert all(0 < r["adaptive_beta/kept"] < 1 for r in train)  # filtering ran
+
+
+def test_two_processes_share_one_running_statistic(tmp_path):
+    """M_0, σ and the batch mean are all-reduced: 2 processes x batch 2 run the steps of 1 process x batch 4
+    (no filtering, whose draws are per process), so β, M_0, σ and the loss match at every step within 1e-5."""
+    from tests.trainer.test_distributed import MOVING, launch_two_processes
+
+    on = ["adaptive_beta=beta_dpo", "adaptive_beta.filter_ratio=0.0", "adaptive_beta.alpha=2.0"]
+    run_cli(TINY + MOVING + on + ["trainer.batch_size=4"], tmp_path / "single", env={"OMP_NUM_THREADS": "1"})
+    launch_two_processes(TINY + MOVING + on + ["trainer.batch_size=2"], tmp_path / "double")
+    keys = ("loss", "beta", "adaptive_beta/m0", "adaptive_beta/sigma", "eval/beta", "eval/loss")
+    single, double = read_metrics(tmp_path / "single"), read_metrics(tmp_path / "double")
+    assert [(r["split"], r["step"]) for r in single] == [(r["split"], r["step"]) for r in double]
+    for a, b in zip(single, double, strict=True):
+        for key in keys:
+            if key in a:
+                assert abs(a[key] - b[key]) < 1e-5, (a["step"], key, a[key], b[key])
+    assert single[-2]["adaptive_beta/sigma"] > 0 and abs(single[-2]["beta"] - 0.1) > 1e-4  # the statistic moved
