@@ -120,7 +120,9 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     terms = build_loss_terms(cfg)  # imports the plug-in modules too (their losses and benchmarks)
     attach_beta_modifiers(terms, cfg, total_steps=1)  # bad adaptive_beta/beta_schedule values stop here
     if cfg.benchmark.name != "none":
-        benchmarks.spec(cfg.benchmark.name)  # a misspelled benchmark stops now, not after training
+        # A misspelled benchmark, or one that cannot run this config (no judge, a missing package), stops now,
+        # not after training.
+        benchmarks.spec(cfg.benchmark.name).check_config(cfg.benchmark)
     kind = data_kind(terms)
     needs_reference = any(t.spec.needs_reference for t in terms)
     reference_cls = reference_class(cfg.reference, needs_reference, [t.spec.name for t in terms])

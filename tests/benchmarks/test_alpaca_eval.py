@@ -253,3 +253,14 @@ def test_the_package_imports_without_pkg_resources_and_leaves_logging_alone():
     level, pkg_resources = out.stdout.split()
     # No stand-in left behind: either setuptools' real module (it has a file) or none at all.
     assert int(level) == logging.ERROR and (pkg_resources == "absent" or pkg_resources.endswith(".py"))
+
+
+def test_training_refuses_a_config_it_could_not_benchmark(tmp_path):
+    """The check runs when the run is set up: a judge the benchmark cannot use stops the run before a step
+    (and before any model loads), not after training."""
+    from tests.conftest import TINY, run_cli
+
+    overrides = [o for o in TINY if not o.startswith("benchmark=")] + ["benchmark=alpaca_eval", "judge=local"]
+    proc = run_cli(overrides, tmp_path / "run", check=False)
+    assert proc.returncode != 0 and "needs judge=http" in proc.stderr
+    assert not any((tmp_path / "run" / name).exists() for name in ("metrics.jsonl", "summary.json", "config.yaml"))
