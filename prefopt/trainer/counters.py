@@ -16,7 +16,8 @@ class RunCounters:
     pairs_seen: int = 0
     tokens_seen: float = 0.0
     skipped_steps: int = 0  # non-finite updates dropped under trainer.on_nonfinite=skip
-    # Held-out evals: sequences and non-padding tokens the policy scored without gradient, and their seconds.
+    # Held-out evals: sequences the policy scored without gradient, the non-padding positions its decoder ran
+    # for them (a shared prompt once per pair), and their seconds.
     eval_sequences: int = 0
     eval_tokens: float = 0.0
     eval_time: float = 0.0

@@ -29,7 +29,7 @@ from prefopt.sinks import build_sinks, install_log_redaction, redact
 from prefopt.trainer import checkpoint, faults
 from prefopt.trainer.batching import step_groups
 from prefopt.trainer.counters import RunCounters
-from prefopt.trainer.distributed import gathered_state_dict
+from prefopt.trainer.distributed import gathered_state_dict, reduce_sums
 from prefopt.trainer.evaluation import evaluate_heldout
 from prefopt.trainer.progress import Progress, show_bars, silence_library_bars
 from prefopt.trainer.setup import TrainingSetup, build_setup
@@ -157,15 +157,17 @@ def start_or_resume(cfg: DictConfig, run_dir: Path, accelerator) -> Path | None:
 
 
 def heldout(s: TrainingSetup, counters: RunCounters) -> dict[str, float]:
-    """The held-out metrics now; their sequences, tokens and seconds go to the compute accounting."""
+    """The held-out metrics now; their sequences, decoder tokens and seconds go to the compute accounting."""
     started = time.perf_counter()
+    scorer = getattr(s.scorer, "module", s.scorer)  # DDP and DeepSpeed wrap as .module
+    before = scorer.real_tokens
     metrics = evaluate_heldout(s.scorer, s.reference, s.terms, s.kind, s.datasets.eval, s.cfg, s.pad_id, s.device,
                                s.accelerator)
+    tokens, _ = reduce_sums(s.accelerator, {"tokens": float(scorer.real_tokens - before)}, 0.0)
+    counters.eval_tokens += tokens["tokens"]
     counters.eval_time += time.perf_counter() - started
-    for row in s.datasets.eval:
-        completions = [v for k, v in row.items() if k.endswith("_ids") and k != "prompt_ids"]
-        counters.eval_sequences += len(completions)
-        counters.eval_tokens += sum(len(row["prompt_ids"]) + len(c) for c in completions)
+    counters.eval_sequences += sum(len([k for k in row if k.endswith("_ids") and k != "prompt_ids"])
+                                   for row in s.datasets.eval)
     return metrics
 
 

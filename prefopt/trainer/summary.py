@@ -63,13 +63,14 @@ def parameter_count(model) -> int:
 def compute(s, counters, phases: dict, wall: float) -> dict:
     """What the run cost, so that a study can compare losses at equal compute.
 
-    Tokens are the non-padding positions of the sequences scored (a pair is two sequences, each with its
-    prompt), over every process and, after a resume, over the whole run: ``policy_tokens_backward`` in
-    optimizer steps (forward and backward), ``policy_tokens_forward`` those plus the held-out evals (forward
-    only). The reference forwards the same sequences when it runs a pass per batch (frozen, checkpoint, sync,
-    adapter_off, ...); a precomputed reference (scored once before training, see ``reference.precompute_seconds``)
-    or none forwards nothing. Not counted: KTO's mismatched KL pairs, WPO's extra no-grad pass and the
-    benchmark's generation (timed in ``wall_s.benchmark``).
+    Tokens are the non-padding positions the policy's decoder ran (``SequenceScorer.real_tokens``: with
+    ``trainer.share_prompt`` a pair's prompt once), over every process and, after a resume, over the whole run:
+    ``policy_tokens_backward`` in optimizer steps (forward and backward; KTO's no-grad pass over mismatched KL
+    pairs runs through the same scorer and is counted here too), ``policy_tokens_forward`` those plus the
+    held-out evals (forward only). The reference runs the same layout over the same batches when it runs a pass
+    per batch (frozen, checkpoint, sync, adapter_off, ...); a precomputed reference (scored once before
+    training, see ``reference.precompute_seconds``) or none forwards nothing. Not counted: WPO's extra no-grad
+    pass and the benchmark's generation (timed in ``wall_s.benchmark``).
 
     ``flops_estimate`` = 6·N·policy_tokens_backward + 2·N·(policy_tokens_forward − policy_tokens_backward)
     + 2·N_ref·reference_tokens_forward: Kaplan et al. 2020 (arXiv:2001.08361, Sec. 2.1, C ≈ 6N per trained
@@ -80,7 +81,7 @@ def compute(s, counters, phases: dict, wall: float) -> dict:
     forwards = s.reference.forwards_per_batch
     n_policy = parameter_count(s.policy)
     n_reference = parameter_count(s.reference.model) if getattr(s.reference, "model", None) is not None else n_policy
-    backward = counters.tokens_seen
+    backward = counters.real_tokens
     forward = backward + counters.eval_tokens
     reference_tokens = forward if forwards else 0.0
     return {

@@ -23,9 +23,10 @@ MONITORS = ("eval/monitor/chosen_logp_drift", "eval/monitor/rejected_logp_drift"
             "eval/monitor/gold_corr")
 
 
-def sequence_tokens(row: dict) -> int:
-    """Non-padding tokens of a pair's two sequences: the prompt twice, then each completion."""
-    return 2 * len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
+def pair_tokens(row: dict) -> int:
+    """Positions the decoder runs for a pair under trainer.share_prompt=true (the default): the prompt once,
+    then each completion."""
+    return len(row["prompt_ids"]) + len(row["chosen_ids"]) + len(row["rejected_ids"])
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +61,9 @@ def test_monitors_at_every_eval(study):
 
 
 def test_compute_accounting_from_the_batches(study):
-    """Both runs: 2 optimizer steps of batch_size 4 x grad_accum 2 = 8 pairs each, 32 sequences; tokens_backward is the sum of
-    their sequences' tokens, recomputed here from the same seeded step groups; 2 evals forward the held-out
-    pairs twice. The frozen reference forwards every sequence the policy scores; the precomputed one none.
+    """Both runs: 2 optimizer steps of batch_size 4 x grad_accum 2 = 8 pairs each, 32 sequences; tokens_backward
+    is the sum of their pairs' tokens (prompt once: shared), recomputed here from the same seeded step groups;
+    2 evals forward the held-out pairs twice. The frozen reference forwards every sequence the policy scores; the precomputed one none.
     FLOPs: 6N·backward + 2N·(forward − backward) + 2N·reference tokens, N the tiny model's parameters."""
     tokenizer = load_tokenizer("tiny")
     n_params = sum(p.numel() for p in load_model("tiny", "float32").parameters())
@@ -70,8 +71,9 @@ def test_compute_accounting_from_the_batches(study):
         cfg = compose([*STUDY, f"seed={seed}"])
         datasets = data_lib.build_datasets(cfg.dataset, tokenizer, "paired", cfg.model.eot_token)
         seen = [r for group in step_groups(datasets.train, cfg, 1, 0)[:2] for r in group]
-        backward = sum(sequence_tokens(r) for r in seen)
-        eval_tokens = 2 * sum(sequence_tokens(r) for r in datasets.eval)
+        assert cfg.trainer.share_prompt
+        backward = sum(pair_tokens(r) for r in seen)
+        eval_tokens = 2 * sum(pair_tokens(r) for r in datasets.eval)
         compute = read_summary(run)["compute"]
         assert len(seen) == 16 and compute["policy_sequences_backward"] == 32
         assert compute["policy_tokens_backward"] == backward
