@@ -339,9 +339,12 @@ class HubConfig:
 
 @dataclass
 class RegimeConfig:
-    # offline: train on the dataset's pairs; iterative / spin: rounds of sampling from the policy, labelling
-    # (or, for spin, the dataset's response vs the policy's sample) and training (prefopt/online/rounds.py).
+    # offline: train on the dataset's pairs; online: fresh pairs from the policy's samples at every step
+    # (prefopt/online/online.py); iterative / spin: rounds of sampling from the policy, labelling (or, for spin,
+    # the dataset's response vs the policy's sample) and training (prefopt/online/rounds.py).
     kind: str = "offline"
+    # online: the sampling copy of the policy is refreshed every `every` steps (1 = the policy itself).
+    every: int = 1
     rounds: int = 3
     epochs_per_round: int = 1
     # k completions sampled per training prompt per round (spin: always 1).

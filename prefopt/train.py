@@ -24,7 +24,7 @@ from omegaconf import DictConfig
 from prefopt.config import CONF_DIR, register_configs
 from prefopt.errors import ConfigError, PrefoptError
 from prefopt.objective import check_objective, objective_value
-from prefopt.online import trainer_for
+from prefopt.online.rounds import trainer_for
 from prefopt.sinks import redact_files
 from prefopt.trainer.loop import run
 

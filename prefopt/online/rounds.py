@@ -35,7 +35,6 @@ ground-truth scorer, and the labeller's agreement with that gold score on the pa
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import random
@@ -46,12 +45,12 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from prefopt import benchmarks
 from prefopt.errors import ConfigError
 from prefopt.generation import SampleSettings, sample_streams
 from prefopt.io import atomic_write_json, atomic_write_text, dumps, read_jsonl
 from prefopt.labellers import Labeller, build_labeller
-from prefopt.online.pairs import MODES, build_pairs, build_pairs_pairwise, needed_comparisons
+from prefopt.online.labelling import gold_scorer, label_round, prompt_text
+from prefopt.online.pairs import MODES
 
 log = logging.getLogger("prefopt.online")
 
@@ -61,12 +60,16 @@ ROUND_KINDS = ("iterative", "spin")
 def check_regime(cfg: DictConfig) -> None:
     """Range checks of ``regime.*``, before anything loads; each names its key."""
     rcfg = cfg.regime
-    if rcfg.kind not in ("offline", *ROUND_KINDS):
-        raise ConfigError(f"regime.kind={rcfg.kind!r}: must be offline, iterative or spin")
+    if rcfg.kind not in ("offline", "online", *ROUND_KINDS):
+        raise ConfigError(f"regime.kind={rcfg.kind!r}: must be offline, online, iterative or spin")
     if rcfg.kind == "offline":
         return
+    if rcfg.kind == "online":
+        from prefopt.online.online import check_online
+
+        check_online(cfg)
     checks = [
-        (rcfg.rounds >= 1, f"regime.rounds={rcfg.rounds}: must be >= 1"),
+        (rcfg.kind == "online" or rcfg.rounds >= 1, f"regime.rounds={rcfg.rounds}: must be >= 1"),
         (rcfg.epochs_per_round >= 1, f"regime.epochs_per_round={rcfg.epochs_per_round}: must be >= 1"),
         (rcfg.kind == "spin" or rcfg.samples_per_prompt >= 2,
          f"regime.samples_per_prompt={rcfg.samples_per_prompt}: must be >= 2 to build a pair"),
@@ -74,19 +77,12 @@ def check_regime(cfg: DictConfig) -> None:
         (rcfg.tie_margin >= 0, f"regime.tie_margin={rcfg.tie_margin}: must be >= 0"),
         (rcfg.reference in ("reset", "initial"), f"regime.reference={rcfg.reference!r}: must be reset or initial"),
         (rcfg.max_new_tokens >= 1, f"regime.max_new_tokens={rcfg.max_new_tokens}: must be >= 1"),
-        (int(os.environ.get("WORLD_SIZE", "1")) == 1,
+        (rcfg.kind == "online" or int(os.environ.get("WORLD_SIZE", "1")) == 1,
          f"regime.kind={rcfg.kind}: runs in one process for now (WORLD_SIZE={os.environ.get('WORLD_SIZE')})"),
     ]
     for ok, message in checks:
         if not ok:
             raise ConfigError(message)
-
-
-def gold_scorer(bcfg):
-    """The benchmark's ground-truth scorer (``gold_score`` in its module), or None."""
-    if bcfg is None or bcfg.get("name") in (None, "none"):
-        return None
-    return getattr(importlib.import_module(benchmarks.spec(bcfg.name).run.__module__), "gold_score", None)
 
 
 def training_prompts(cfg: DictConfig) -> list[dict]:
@@ -101,39 +97,6 @@ def training_prompts(cfg: DictConfig) -> list[dict]:
     if not rows:
         raise ConfigError(f"dataset.name={cfg.dataset.name}: no training prompts to sample from")
     return rows
-
-
-def prompt_text(prompt: list[dict]) -> str:
-    return "\n\n".join(m["content"] for m in prompt if m["role"] == "user")
-
-
-def label_round(labeller: Labeller, prompts: list[str], samples: list[list[str]], mode: str, tie_margin: float,
-                rng: random.Random, counts: Counter) -> tuple[list[list[float | None]], list[list[dict]]]:
-    """Per prompt: the labels of its samples (scores, or Copeland wins of a comparing labeller) and its pairs."""
-    if not labeller.pairwise:
-        flat = labeller.score([p for p, s in zip(prompts, samples, strict=True) for _ in s],
-                              [text for s in samples for text in s])
-        scores, at = [], 0
-        for s in samples:
-            scores.append(flat[at:at + len(s)])
-            at += len(s)
-        return scores, [build_pairs(sc, mode, rng, tie_margin, counts) for sc in scores]
-    asked = [needed_comparisons(len(s), mode, rng) for s in samples]
-    verdicts = labeller.compare([p for p, a in zip(prompts, asked, strict=True) for _ in a],
-                                [s[i] for s, a in zip(samples, asked, strict=True) for i, _ in a],
-                                [s[j] for s, a in zip(samples, asked, strict=True) for _, j in a])
-    all_pairs, all_scores, at = [], [], 0
-    for s, a in zip(samples, asked, strict=True):
-        given = dict(zip(a, verdicts[at:at + len(a)], strict=True))
-        at += len(a)
-        pairs = build_pairs_pairwise(len(s), given, mode, counts)
-        wins = [0.0] * len(s)
-        for (i, j), v in given.items():
-            if v is not None:
-                wins[i if v == 0 else j] += 1
-        all_pairs.append(pairs)
-        all_scores.append(wins)
-    return all_scores, all_pairs
 
 
 def sample_round(cfg: DictConfig, policy_path: str, rows: list[dict], round_index: int, labeller: Labeller | None,
@@ -239,6 +202,25 @@ def round_config(cfg: DictConfig, r: int, policy_path: str, pairs_path: Path, ro
     round_cfg["run_dir"] = str(round_dir)
     round_cfg["resume"] = "auto" if resume else None
     return OmegaConf.create(round_cfg)
+
+
+def trainer_for(cfg):
+    """What trains this config: the training loop's ``run`` (regime=offline and online, whose pairs come from
+    the setup's online sampler), or the rounds around it. Both take ``(cfg, run_dir, hydra_choices)`` and return
+    the summary."""
+    from prefopt.trainer.loop import run
+
+    regime = cfg.get("regime")
+    if regime is None or regime.kind == "offline":
+        return run
+    check_regime(cfg)
+    if regime.kind == "online":
+        return run
+
+    def rounds(cfg, run_dir=None, hydra_choices=None):
+        return run_rounds(cfg, Path(run_dir or cfg.run_dir or "runs/manual"), hydra_choices)
+
+    return rounds
 
 
 def run_rounds(cfg: DictConfig, run_dir: Path, hydra_choices: dict | None = None) -> dict:

@@ -91,6 +91,9 @@ def run(cfg: DictConfig, run_dir: str | os.PathLike | None = None, hydra_choices
 
     summary = build_summary(s, counters, step=step, eval_metrics=eval_metrics, benchmark=benchmark,
                             resumed_from=state.path, hydra_choices=hydra_choices, wall_start=wall_start, phases=phases)
+    if s.online is not None:  # regime=online: samples, pairs, ties, sampling and labelling seconds of the run
+        summary["online"] = {**dict(s.online.totals), "labeller": s.online.labeller.name,
+                             "labeller_costs": s.online.labeller.costs.as_dict()}
     if s.is_main:
         atomic_write_json(run_dir / "summary.json", redact(summary))
         if cfg.trainer.save_model:  # the card reads the summary, so it is written after it
@@ -115,6 +118,8 @@ def train(s: TrainingSetup, counters: RunCounters, start_step: int, last_checkpo
                 continue  # taken before the checkpoint this run resumed from
             if step >= s.total_steps:
                 break
+            if s.online is not None:  # regime=online: the step trains on fresh pairs of these rows' prompts
+                group = s.online.pairs_for(s, group, step + 1)
             try:
                 result = optimizer_step(s, group, step + 1, epoch)
             except faults.NonFiniteError as err:  # trainer.on_nonfinite=stop
@@ -126,7 +131,8 @@ def train(s: TrainingSetup, counters: RunCounters, start_step: int, last_checkpo
             counters.add_step(result.n_examples, result.tokens, result.seconds, result.real_tokens,
                               result.processed_tokens)
             counters.skipped_steps += result.skipped
-            record = {**result.record, "epoch": epoch + (i + 1) / len(groups), "step": step,
+            record = {**result.record, **(s.online.last if s.online is not None else {}),
+                      "epoch": epoch + (i + 1) / len(groups), "step": step,
                       "pairs/s": result.n_examples / result.seconds, "tokens/s": result.tokens / result.seconds}
             if counters.skipped_steps:
                 record["skipped_steps"] = counters.skipped_steps

@@ -27,6 +27,7 @@ from prefopt.hub import check_hub
 from prefopt.lora import check_lora, quantization_config, wrap_policy
 from prefopt.losses.beta_modifiers import BetaControl, beta_control
 from prefopt.models import load_model, load_tokenizer
+from prefopt.online.online import build_online
 from prefopt.reference import Reference, build_reference, reference_class
 from prefopt.scoring import SequenceScorer, check_inputs, required_inputs
 from prefopt.scoring.layout import attention_kind, flex_backward_ok
@@ -76,6 +77,8 @@ class TrainingSetup:
     steps_per_epoch: int
     total_steps: int
     distributed: dict  # how the model is distributed, for summary.json
+    # regime=online: turns each step's rows into fresh pairs sampled from the policy (prefopt/online/online.py).
+    online: Any = None
 
     @property
     def device(self):
@@ -141,6 +144,7 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
 
     tokenizer = load_tokenizer(cfg.model.name_or_path, cfg.model.chat_template, cfg.model.trust_remote_code)
     datasets = data_lib.build_datasets(cfg.dataset, tokenizer, kind, cfg.model.eot_token)
+    online = build_online(cfg, tokenizer, kind, run_dir)
     log.info("data: %d train / %d eval %s rows; counts %s", len(datasets.train), len(datasets.eval), kind,
              datasets.stats)
 
@@ -187,7 +191,7 @@ def build_setup(cfg: DictConfig, run_dir: Path, before_loading=None) -> Training
     return TrainingSetup(cfg=cfg, config=config, run_dir=run_dir, accelerator=accelerator, tokenizer=tokenizer,
                          datasets=datasets, kind=kind, terms=terms, needs=needs, scorer=scorer, reference=reference,
                          optimizer=optimizer, scheduler=scheduler, steps_per_epoch=per_epoch,
-                         total_steps=total_steps, distributed=distributed)
+                         total_steps=total_steps, distributed=distributed, online=online)
 
 
 def check_config(cfg: DictConfig) -> None:
