@@ -254,6 +254,12 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
     "python -m prefopt.study multirun/2026-12-01/10-00-00 --target-diff 0.05":
         Runs(test=("tests/study/test_study.py::test_cli_writes_the_report_files",)),
     # docs/online.md
+    "python -m prefopt.train experiment=online_dpo":
+        Runs(test=("tests/online/test_online.py::test_every_step_trains_on_fresh_gold_ordered_pairs",),
+             note="the test runs regime=online with gold labels on model=tiny; the experiment composes here"),
+    "python -m prefopt.train experiment=online_dpo regime.every=4":
+        Runs(test=("tests/online/test_online.py::test_semi_online_samples_from_a_copy_refreshed_every_n_steps",),
+             note="the test runs regime.every=2 on model=tiny"),
     "python -m prefopt.train experiment=iterative_dpo":
         Runs(test=("tests/online/test_rounds.py::test_iterative_rounds_sample_label_pair_and_train_from_the_last_round",),
              note="the test runs regime=iterative with gold labels on model=tiny; the experiment composes here"),
