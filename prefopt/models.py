@@ -209,6 +209,9 @@ def load_model(name_or_path: str, dtype: str = "auto", trust_remote_code: bool =
         return _load_adapter(Path(path), dtype, trust_remote_code, attn_implementation)
     kwargs = dict(dtype=pick_dtype(dtype), trust_remote_code=trust_remote_code, use_safetensors=True)
     if attn_implementation:
+        from prefopt.scoring.layout import register_segments_attention
+
+        register_segments_attention()  # prefopt's own sdpa_segments (prefopt/scoring/layout.py)
         kwargs["attn_implementation"] = attn_implementation
     if quantization_config is not None:
         kwargs["quantization_config"] = quantization_config

@@ -27,6 +27,11 @@ The attention implementation of the model decides how that rule reaches the kern
 - ``flex_attention``: a FlexAttention ``BlockMask`` built from the same rule; the kernel skips blocks that
   are fully masked, and nothing ``L x L`` is materialized. torch 2.13 runs its forward on CPU (compiled,
   about 30 s the first time) but has no CPU backward: training with it needs a GPU (``flex_backward_ok``).
+- ``sdpa_segments`` (prefopt's own, registered with transformers by ``load_model``): the layout's attention
+  as one exact SDPA call per block (``attention_blocks``): a prompt with its first branch is one causal call,
+  each later branch one call over the prompt's keys and its own. No ``L x L`` mask, the masked blocks are
+  never computed, and the kernel takes its causal path, so packing pays on CPU too. Batches without a
+  layout (generation, evaluation helpers) run as plain sdpa.
 - ``flash_attention_*``: no mask at all. A packed row without branches goes in with ``attention_mask=None``
   and its position ids; transformers derives the varlen ``cu_seq_lens`` from where the positions restart.
   Branches cannot be expressed that way (the rejected branch must see a prompt that is not contiguous with
@@ -38,6 +43,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from prefopt.errors import PrefoptError
 
@@ -167,11 +173,14 @@ def mask_mod(layout: Layout):
 
 
 def attention_kind(impl: str | None) -> str:
-    """``flex``, ``varlen`` (flash attention) or ``dense`` (sdpa, eager and anything else), for an attention
-    implementation name as transformers knows it (``model.config._attn_implementation``)."""
+    """``flex``, ``varlen`` (flash attention), ``segments`` (``sdpa_segments``) or ``dense`` (sdpa, eager and
+    anything else), for an attention implementation name as transformers knows it
+    (``model.config._attn_implementation``)."""
     impl = str(impl or "")
     if impl == "flex_attention":
         return "flex"
+    if impl == SEGMENTS:
+        return "segments"
     if "flash" in impl:
         return "varlen"
     return "dense"
@@ -184,6 +193,10 @@ def attention_mask_for(layout: Layout, kind: str, dtype: torch.dtype):
 
         rows, width = layout.doc.shape
         return create_block_mask(mask_mod(layout), rows, None, width, width, device=layout.doc.device)
+    if kind == "segments":
+        # A placeholder 4-D mask: transformers passes a 4-D mask through untouched instead of building an (L, L)
+        # one from the position ids; segments_attention reads the layout's blocks instead.
+        return torch.zeros((1, 1, 0, 0), dtype=dtype, device=layout.doc.device)
     if kind == "varlen":
         if layout.branched or layout.input_ids.shape[0] != 1:
             raise PrefoptError("flash attention takes no attention mask: prompt sharing (trainer.share_prompt) "
@@ -205,3 +218,80 @@ def flex_backward_ok(device) -> bool:
     except NotImplementedError:
         return False
     return True
+
+
+# ``model.attn_implementation=sdpa_segments``: sdpa, except that a batch laid out by this module runs one
+# exact causal SDPA call per attention block instead of one call over the whole row with a dense mask.
+SEGMENTS = "sdpa_segments"
+
+
+def attention_blocks(layout: Layout) -> list[tuple[int, int, int, int, int]]:
+    """The attention of ``layout`` as SDPA calls ``(row, q_start, q_end, prompt_start, prompt_end)``: queries
+    ``[q_start, q_end)`` attend causally to themselves and to every key of ``[prompt_start, prompt_end)``
+    (an empty range for a prompt together with its first branch, which are contiguous). Padding is in no
+    block (its outputs are never read)."""
+    doc, part = layout.doc.tolist(), layout.part.tolist()
+    blocks = []
+    for row, (docs, parts) in enumerate(zip(doc, part, strict=True)):
+        start = 0
+        while start < len(docs):
+            d = docs[start]
+            end = start
+            while end < len(docs) and docs[end] == d:
+                end += 1
+            if d >= 0:
+                # Within the document: the prompt and the first branch, then every later branch after the prompt.
+                prompt_end = start
+                while prompt_end < end and parts[prompt_end] == 0:
+                    prompt_end += 1
+                q = prompt_end
+                while q < end and parts[q] == parts[prompt_end]:
+                    q += 1
+                blocks.append((row, start, q, start, start))
+                while q < end:
+                    branch_end = q
+                    while branch_end < end and parts[branch_end] == parts[q]:
+                        branch_end += 1
+                    blocks.append((row, q, branch_end, start, prompt_end))
+                    q = branch_end
+            start = end
+    return blocks
+
+
+def segments_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None,
+                       prefopt_blocks=None, **kwargs):
+    """transformers attention function (``AttentionInterface``) of ``sdpa_segments``. ``prefopt_blocks``
+    (from ``attention_blocks``, passed through the decoder's kwargs): one SDPA call per block, causal within
+    the block, the prompt's keys in front; without it, plain sdpa. Work is the sum of the blocks' squares
+    instead of the packed row's, and the kernel takes its causal fast path."""
+    from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
+
+    if prefopt_blocks is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    groups = query.shape[1] // key.shape[1]
+    key, value = repeat_kv(key, groups), repeat_kv(value, groups)
+    out = query.new_zeros(query.shape)
+    for row, q0, q1, p0, p1 in prefopt_blocks:
+        q = query[row:row + 1, :, q0:q1]
+        if p1 == p0:
+            k, v = key[row:row + 1, :, q0:q1], value[row:row + 1, :, q0:q1]
+            block = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling, dropout_p=dropout)
+        else:
+            k = torch.cat([key[row:row + 1, :, p0:p1], key[row:row + 1, :, q0:q1]], dim=2)
+            v = torch.cat([value[row:row + 1, :, p0:p1], value[row:row + 1, :, q0:q1]], dim=2)
+            n, prompt = q1 - q0, p1 - p0
+            # Query i sees the whole prompt and branch keys 0..i: causal aligned to the bottom-right corner.
+            mask = torch.ones((n, prompt + n), dtype=torch.bool, device=query.device).tril(diagonal=prompt)
+            block = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scaling, dropout_p=dropout)
+        out[row:row + 1, :, q0:q1] = block
+    return out.transpose(1, 2).contiguous(), None
+
+
+def register_segments_attention() -> None:
+    """Make ``sdpa_segments`` an attention implementation transformers accepts (its masks are sdpa's)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(SEGMENTS, segments_attention)
+    AttentionMaskInterface.register(SEGMENTS, sdpa_mask)

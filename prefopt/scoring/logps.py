@@ -42,7 +42,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from prefopt.scoring.layout import attention_kind, attention_mask_for, build_layout
+from prefopt.scoring.layout import attention_blocks, attention_kind, attention_mask_for, build_layout
 
 # Completion tokens per chunk of the vocabulary projection; batches with at most this many scored tokens
 # take the unchunked path. 4096 rows x 49,152 (SmolLM2) is an 805 MB float32 logits chunk.
@@ -213,8 +213,9 @@ class SequenceScorer(nn.Module):
             dtype = head.weight.dtype if head.weight.is_floating_point() else torch.float32
             impl = getattr(getattr(self.model, "config", None), "_attn_implementation", None)
             mask = attention_mask_for(layout, attention_kind(impl), dtype)
+            extra = {"prefopt_blocks": attention_blocks(layout)} if attention_kind(impl) == "segments" else {}
             hidden = decoder(input_ids=layout.input_ids, attention_mask=mask,
-                             position_ids=layout.position_ids).last_hidden_state
+                             position_ids=layout.position_ids, **extra).last_hidden_state
             token_logps = self._head_logps(head, hidden[layout.pred_row, layout.pred_pos], layout.targets)
             rows = layout.seq
             self.real_tokens += layout.real_tokens

@@ -10,15 +10,16 @@ from prefopt.train import run
 from tests.conftest import TINY, compose, read_metrics, read_summary
 
 
-@pytest.mark.parametrize("loss, share", [("dpo", True), ("dpo", False), ("kto", False)])
-def test_packed_run_matches_padded_run(tmp_path, loss, share):
-    """3 steps, frozen reference, fp32: every logged metric within rel 1e-5 of the padded run (packing moves
-    no number, only the layout); the packed run processes no padding (token efficiency 1.0), the padded one
-    does (< 1)."""
+@pytest.mark.parametrize("loss, share, attention", [("dpo", True, "sdpa"), ("dpo", False, "sdpa"), ("kto", False, "sdpa"),
+                                                    ("dpo", True, "sdpa_segments")])
+def test_packed_run_matches_padded_run(tmp_path, loss, share, attention):
+    """3 steps, frozen reference, fp32: every logged metric within rel 1e-5 of the padded sdpa run (packing
+    and sdpa_segments move no number, only the layout and the kernel calls); the packed run processes no
+    padding (token efficiency 1.0), the padded one does (< 1)."""
     overrides = TINY + ["trainer.max_steps=3", "trainer.eval_every=0", "reference=frozen", f"loss={loss}",
                         f"trainer.share_prompt={str(share).lower()}"]
     run(compose(overrides), tmp_path / "padded")
-    run(compose(overrides + ["trainer.packing=true"]), tmp_path / "packed")
+    run(compose(overrides + ["trainer.packing=true", f"model.attn_implementation={attention}"]), tmp_path / "packed")
     padded, packed = read_metrics(tmp_path / "padded"), read_metrics(tmp_path / "packed")
     assert [r["split"] for r in padded] == [r["split"] for r in packed]
     for a, b in zip(padded, packed, strict=True):
