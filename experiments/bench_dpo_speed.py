@@ -5,6 +5,8 @@
     python experiments/bench_dpo_speed.py --model tiny --steps 2 --rounds 1     # smoke check, seconds
     python experiments/bench_dpo_speed.py --configs trl,prefopt,prefopt_packed --max-length 1024
     python experiments/bench_dpo_speed.py --configs prefopt_packed --attn flex_attention   # a GPU machine
+    flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py --real-length --steps 4 --rounds 1
+    python experiments/bench_dpo_speed.py --device cuda --model /tmp/gpu_model --real-length   # scripts/gpu_check.sh
 
 Each configuration runs in its own child process (this script with --child), one after another, and the
 list of configurations is repeated --rounds times, so a burst of load from other processes hits every
@@ -13,7 +15,13 @@ step, pairs/s, tokens/s, peak RSS, achieved FLOP/s, and the ratios against TRL.
 
 Definitions (the same for both sides):
 - rows: the first steps*batch_size training pairs of the built-in sentiment data (prompt+chat template,
-  SmolLM2-135M-Instruct fp32 on CPU), so in one epoch every side sees exactly these rows;
+  SmolLM2-135M-Instruct fp32 on CPU), so in one epoch every side sees exactly these rows. --real-length: the
+  first steps*batch_size pairs of the real UltraFeedback sample (../shared/data/ultrafeedback, or
+  $PREFOPT_SHARED_DATA) whose prompt+chosen and prompt+rejected both take 500-1016 tokens with the model's chat
+  template, max_length 1024 (the Zephyr recipe's), written to one file both sides read;
+- --device cuda: both sides on the GPU with bf16 autocast over float32 master weights (--precision bf16,
+  the default there; prefopt trainer.precision=bf16_autocast, TRL bf16=True); peak memory is then
+  torch.cuda.max_memory_allocated, and the matmul peak is the best bf16 torch.mm rate;
 - s/step: wall time of one optimizer step (forward, backward, optimizer), median over the steps;
   the first step is dropped (allocator warm-up). pairs/s = batch_size / median s/step;
 - tokens/s: pairs/s x mean (prompt+chosen + prompt+rejected) tokens per pair of that side's own
@@ -61,6 +69,45 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def peak_memory_mb(args) -> float:
+    """Peak GPU memory allocated (--device cuda) or the process's peak RSS (CPU), in MB."""
+    if args.device == "cuda":
+        import torch
+
+        return torch.cuda.max_memory_allocated() / 2**20
+    return peak_rss_mb()
+
+
+def real_length_rows(args, out: Path) -> int:
+    """The real-length rows (see the docstring) as a prompt/chosen/rejected jsonl; returns how many."""
+    from prefopt.data.registry import read_table
+    from prefopt.data.tokenize import end_of_turn_token, render_completion, render_prompt
+    from prefopt.models import load_tokenizer
+
+    shared = Path(os.environ.get("PREFOPT_SHARED_DATA", ROOT.parent / "shared" / "data"))
+    source = shared / "ultrafeedback" / "uf_binarized_h4schema_train_1000.jsonl"
+    if not source.is_file():
+        raise SystemExit(f"--real-length: {source} is absent (set PREFOPT_SHARED_DATA to the data folder)")
+    tokenizer = load_tokenizer(args.model)
+    eot = end_of_turn_token(tokenizer)
+    wanted, kept = args.steps * args.batch_size, []
+    for row in read_table(str(source), where="--real-length rows"):
+        prompt = [{"role": "user", "content": row["prompt"]}]
+        chosen, rejected = row["chosen"][-1]["content"], row["rejected"][-1]["content"]
+        prompt_text = render_prompt(tokenizer, prompt)
+        n_prompt = len(tokenizer(prompt_text, add_special_tokens=False).input_ids)
+        lengths = [n_prompt + len(tokenizer(render_completion(tokenizer, prompt, c, eot, prompt_text),
+                                            add_special_tokens=False).input_ids) for c in (chosen, rejected)]
+        if n_prompt <= 512 and all(500 <= n <= 1016 for n in lengths) and chosen.strip() != rejected.strip():
+            kept.append({"prompt": row["prompt"], "chosen": chosen, "rejected": rejected})
+        if len(kept) == wanted:
+            break
+    if len(kept) < wanted:
+        raise SystemExit(f"--real-length: only {len(kept)} rows of {source} take 500-1016 tokens; lower --steps")
+    out.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    return len(kept)
+
+
 class FlopCounter:
     """Executed matmul FLOPs of the policy's forwards that will be back-propagated (see the docstring)."""
 
@@ -102,16 +149,25 @@ def child_matmul(args) -> dict:
     import torch
 
     best = 0.0
+    cuda = args.device == "cuda"
     shapes = [(2048, 576, 1536), (2048, 1536, 576), (2048, 576, 576), (1024, 2048, 2048)]
+    if cuda:  # the shapes of a 1-2B model's layers at a few thousand tokens, and a square one
+        shapes = [(8192, 2048, 8192), (8192, 8192, 2048), (8192, 2048, 2048), (8192, 8192, 8192)]
+    dtype = torch.bfloat16 if args.precision == "bf16" else torch.float32
     rates = {}
     for m, k, n in shapes:
-        a, b = torch.randn(m, k), torch.randn(k, n)
+        a = torch.randn(m, k, dtype=dtype, device=args.device)
+        b = torch.randn(k, n, dtype=dtype, device=args.device)
         for _ in range(3):
             a @ b
         times = []
         for _ in range(10):
+            if cuda:
+                torch.cuda.synchronize()
             start = time.perf_counter()
             a @ b
+            if cuda:
+                torch.cuda.synchronize()
             times.append(time.perf_counter() - start)
         rate = 2 * m * k * n / statistics.median(times)
         rates[f"{m}x{k}x{n}"] = rate
@@ -121,7 +177,14 @@ def child_matmul(args) -> dict:
 
 def overrides_for(args, reference: str) -> list[str]:
     attn = [f"model.attn_implementation={args.attn}"] if args.attn else []
-    return attn + [f"model={args.model}", "benchmark=none", "loss=dpo", "beta=0.1", f"reference={reference}",
+    if args.rows:  # --real-length: the selected file is both the training and the (unused) eval rows
+        attn += ["dataset=generic", f"dataset.path={args.rows}", f"dataset.eval_path={args.rows}",
+                 "dataset.max_prompt_length=512", "dataset.filters=[]"]
+    if args.precision == "bf16":
+        attn += ["trainer.precision=bf16_autocast"]
+    model = [f"model={args.model}"] if not Path(args.model).is_dir() else [
+        "model=smollm2-135m", f"model.name_or_path={args.model}"]
+    return attn + model + ["benchmark=none", "loss=dpo", "beta=0.1", f"reference={reference}",
             f"dataset.max_train_rows={args.steps * args.batch_size}", f"dataset.max_length={args.max_length}",
             f"trainer.batch_size={args.batch_size}", "trainer.grad_accum=1", f"trainer.max_steps={args.steps}",
             "epochs=1", "trainer.eval_every=0", "trainer.save_model=false", "trainer.progress_bar=false",
@@ -171,7 +234,7 @@ def child_prefopt(args, reference: str, plain: bool, packing: bool = False) -> d
     throughput = summary["throughput"]
     return {"step_seconds": [args.batch_size / r["pairs/s"] for r in steps],
             "tokens_per_pair": throughput["tokens/s"] * throughput["train_seconds"] / (len(steps) * args.batch_size),
-            "peak_rss_mb": peak_rss_mb(), "flops_per_step": flops, "reference": summary["reference"],
+            "peak_rss_mb": peak_memory_mb(args), "flops_per_step": flops, "reference": summary["reference"],
             "reference_seconds": throughput["reference_seconds"], "token_efficiency": throughput["token_efficiency"]}
 
 
@@ -197,13 +260,15 @@ def child_trl(args, precompute: bool) -> dict:
     config = DPOConfig(output_dir=out, per_device_train_batch_size=args.batch_size, gradient_accumulation_steps=1,
                        max_steps=args.steps, learning_rate=5e-6, lr_scheduler_type="linear",
                        warmup_steps=math.ceil(0.1 * args.steps),
-                       max_length=args.max_length, beta=0.1, precompute_ref_log_probs=precompute, use_cpu=True,
+                       max_length=args.max_length, beta=0.1, precompute_ref_log_probs=precompute,
+                       use_cpu=args.device == "cpu",
                        report_to=[], logging_steps=1, save_strategy="no", disable_tqdm=True, seed=42,
                        dataloader_num_workers=0, max_grad_norm=1.0,
                        # DPOConfig defaults to bf16 autocast and gradient checkpointing; the comparison is
                        # fp32 without recomputation on both sides (bf16 autocast on this CPU is several
                        # times slower than fp32: 65-160 s/step measured).
-                       bf16=False, fp16=False, gradient_checkpointing=False)
+                       # On a GPU (--precision bf16) both sides run bf16 autocast over fp32 weights.
+                       bf16=args.precision == "bf16", fp16=False, gradient_checkpointing=False)
     step_seconds: list[float] = []
 
     class Timer(TrainerCallback):
@@ -229,14 +294,15 @@ def child_trl(args, precompute: bool) -> dict:
     passes = 3 + (0 if precompute else 1)
     flops = (counter.decoder_flops / len(step_seconds) + head_per_row * completion * args.batch_size) * passes
     efficiency = counter.real_tokens / counter.processed_tokens if counter.processed_tokens else None
-    return {"step_seconds": step_seconds, "tokens_per_pair": tokens_per_pair, "peak_rss_mb": peak_rss_mb(),
+    return {"step_seconds": step_seconds, "tokens_per_pair": tokens_per_pair, "peak_rss_mb": peak_memory_mb(args),
             "flops_per_step": flops, "init_seconds": init_seconds, "train_seconds": train_seconds,
             "token_efficiency": efficiency}
 
 
 def run_child(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps), "--batch-size",
-           str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model, "--attn", args.attn]
+           str(args.batch_size), "--max-length", str(args.max_length), "--model", args.model, "--attn", args.attn,
+           "--device", args.device, "--precision", args.precision, "--rows", args.rows]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TRANSFORMERS_VERBOSITY": "error",
            "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
@@ -276,8 +342,15 @@ def main() -> None:
                         "default, sdpa); TRL keeps its default")
     parser.add_argument("--configs", default="trl,prefopt,trl_pre,prefopt_frozen",
                         help=f"comma-separated, from {', '.join(CONFIGS)}")
+    parser.add_argument("--real-length", action="store_true",
+                        help="real UltraFeedback rows of 500-1016 tokens, max_length 1024 (see the docstring)")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--precision", default=None, choices=("fp32", "bf16"),
+                        help="default: fp32 on cpu, bf16 autocast over fp32 weights on cuda")
+    parser.add_argument("--rows", default="", help=argparse.SUPPRESS)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    args.precision = args.precision or ("bf16" if args.device == "cuda" else "fp32")
 
     if args.child:
         result = {"matmul": lambda: child_matmul(args),
@@ -296,8 +369,16 @@ def main() -> None:
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
         raise SystemExit(f"--configs: unknown {unknown}; known: {', '.join(CONFIGS)}")
-    print(f"{args.model} fp32 CPU, {args.steps} steps x {args.batch_size} pairs, max_length {args.max_length}, "
-          f"{args.rounds} round(s), load average at start {os.getloadavg()[0]:.1f}", flush=True)
+    if args.real_length:
+        if args.max_length == 128:  # the short-row default: the Zephyr recipe's max_length instead
+            args.max_length = 1024
+        args.rows = str(Path(tempfile.mkdtemp(prefix="bench-rows-")) / "rows.jsonl")
+        n = real_length_rows(args, Path(args.rows))
+        print(f"real-length rows: {n} UltraFeedback pairs of 500-1016 tokens -> {args.rows}", flush=True)
+    memory = "peak GPU memory" if args.device == "cuda" else "peak RSS"
+    print(f"{args.model} {args.precision} {args.device}, {args.steps} steps x {args.batch_size} pairs, max_length "
+          f"{args.max_length}, {args.rounds} round(s), {memory}, load average at start {os.getloadavg()[0]:.1f}",
+          flush=True)
     results: dict[str, list[dict]] = {n: [] for n in names}
     peaks = []
     for round_index in range(args.rounds):
@@ -312,11 +393,12 @@ def main() -> None:
                   f"load {os.getloadavg()[0]:.1f}", flush=True)
         peaks.append(run_child("matmul", args)["peak_flops"])
     peak = max(peaks)
-    print(f"\nfp32 matmul peak (best of {len(peaks)} measurements, model-shaped torch.mm): {peak / 1e9:.1f} GFLOP/s "
+    print(f"\n{args.precision} matmul peak (best of {len(peaks)} measurements, model-shaped torch.mm): {peak / 1e9:.1f} GFLOP/s "
           f"(all: {', '.join(f'{p / 1e9:.0f}' for p in peaks)})")
     names = [n for n in names if results[n]]
     rows = {n: summarize(n, results[n], args, peak) for n in names}
-    header = f"{'configuration':52s} {'s/step':>7s} {'range':>13s} {'pairs/s':>8s} {'tok/s':>7s} {'RSS MB':>7s} " \
+    mem = "GPU MB" if args.device == "cuda" else "RSS MB"
+    header = f"{'configuration':52s} {'s/step':>7s} {'range':>13s} {'pairs/s':>8s} {'tok/s':>7s} {mem:>7s} " \
              f"{'GFLOP/s':>8s} {'of peak':>7s} {'tok eff':>7s}"
     print(header)
     for n, r in rows.items():
@@ -328,7 +410,7 @@ def main() -> None:
         for theirs in [n for n in names if n.startswith("trl")]:
             a, b = rows[ours], rows[theirs]
             print(f"{ours} vs {theirs}: pairs/s x{a['pairs_s'] / b['pairs_s']:.2f}, "
-                  f"peak RSS x{a['rss_mb'] / b['rss_mb']:.2f}")
+                  f"peak {'GPU memory' if args.device == 'cuda' else 'RSS'} x{a['rss_mb'] / b['rss_mb']:.2f}")
     for name, runs in results.items():
         if name.startswith("prefopt") and runs:
             refs = [r["reference"] for r in runs]

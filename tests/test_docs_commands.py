@@ -204,6 +204,17 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
              note="the sweep it times (reference=precomputed over betas) on model=tiny"),
     "python experiments/bench_dpo_speed.py --model tiny --steps 2 --rounds 1": Runs(test=(SPEED_SMOKE,)),
     # docs/performance.md
+    "flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py --real-length --steps 4 --rounds 1":
+        Runs(test=("tests/test_gpu_check.py::test_gpu_check_cpu_flow",),
+             note="the GPU check's --cpu flow runs the benchmark with --real-length on model=tiny"),
+    # docs/gpu.md: the prepared GPU check
+    "bash scripts/gpu_wheels.sh":
+        Runs(test=("tests/test_gpu_check.py::test_gpu_check_cpu_flow",),
+             note="the test fills a temporary wheel folder (PREFOPT_GPU_WHEELS) and runs the check with it"),
+    "bash scripts/gpu_check.sh":
+        Runs(test=("tests/test_gpu_check.py::test_gpu_check_cpu_flow",),
+             note="needs a GPU; the test runs the same script with --cpu on model=tiny"),
+    "bash scripts/gpu_check.sh --cpu": Runs(test=("tests/test_gpu_check.py::test_gpu_check_cpu_flow",)),
     "flock /tmp/prefopt-heavy.lock python experiments/bench_dpo_speed.py --configs trl,prefopt,prefopt_packed "
     "--max-length 1024":
         Runs(test=(SPEED_SMOKE, PACKED_RUN), note="the script at --model tiny; the packed configuration's training "
