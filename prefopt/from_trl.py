@@ -77,10 +77,7 @@ IGNORED: dict[str, str] = {
     "log_level_replica": "logging verbosity only",
     "logging_first_step": "prefopt logs every trainer.log_every steps from step 1",
     "logging_strategy": "prefopt logs every trainer.log_every optimizer steps",
-    "hub_model_id": "prefopt does not push to the Hub",
-    "hub_strategy": "prefopt does not push to the Hub",
-    "hub_private_repo": "prefopt does not push to the Hub",
-    "push_to_hub": "prefopt does not push to the Hub; the model is saved in <run_dir>/model",
+    "hub_strategy": "prefopt pushes once, after training (hub.push); there are no intermediate pushes",
     "preprocessing_num_workers": "tokenization worker count: speed only (tokenized rows are cached)",
     "dataset_num_proc": "tokenization worker count: speed only (tokenized rows are cached)",
     "dataloader_num_workers": "data loading speed only",
@@ -96,8 +93,6 @@ IGNORED: dict[str, str] = {
     "truncation_mode": "prefopt's own rule: the prompt is cut from the left to dataset.max_prompt_length, the "
                        "completions from the right to dataset.max_length (counted in summary.json)",
     "disable_dropout": "prefopt keeps the model config's dropout, 0 in Llama, Mistral, Qwen and SmolLM2",
-    "padding_free": "padding and packing change speed and memory, not the loss (prefopt packs a pair's prompt "
-                    "once, trainer.share_prompt)",
     "pad_to_multiple_of": "padding: speed only",
     "pad_token": "padding is masked out of every log-prob",
     "precompute_ref_batch_size": "batch size of a precomputation: speed only",
@@ -365,6 +360,24 @@ def _peft(v, r) -> Pairs:
     return [("lora", "default")] if v else []
 
 
+def _push(v, r) -> Pairs:
+    return [("hub.push", True)] if v else []
+
+
+def _hub_id(v, r) -> Pairs:
+    return [] if v is None else [("hub.repo_id", str(v))]
+
+
+def _hub_private(v, r) -> Pairs:
+    return [] if v is None else [("hub.private", bool(v))]
+
+
+def _padding_free(v, r) -> Pairs:
+    # TRL's padding-free batches: prefopt packs each micro-batch into one row (and packs a pair's prompt once
+    # when trainer.share_prompt stays on); the loss is the same, speed and memory change.
+    return [("trainer.packing", True)] if v else []
+
+
 def _report_to(v, r) -> Pairs:
     from prefopt.config import CONF_DIR
 
@@ -417,6 +430,10 @@ HANDLED: dict[str, tuple[Callable[[Any, dict], Pairs], str]] = {
     "dtype": (_dtype, "model.dtype (torch_dtype's newer name)"),
     "use_flash_attention_2": (_flash, "model.attn_implementation=flash_attention_2"),
     "use_peft": (_peft, "lora=default (LoRA on the policy; reference=adapter_off: adapters off = reference)"),
+    "push_to_hub": (_push, "hub.push=true (model and card pushed after training; checked before it starts)"),
+    "hub_model_id": (_hub_id, "hub.repo_id"),
+    "hub_private_repo": (_hub_private, "hub.private"),
+    "padding_free": (_padding_free, "trainer.packing=true (padding-free packed rows; the same loss)"),
     "optim": (_optim, "optimizer=adamw (adamw_torch, adamw_torch_fused, adamw_hf) or optimizer=rmsprop"),
     "lr_scheduler_type": (_scheduler, "optimizer.scheduler: the same name (HF constant: warmup_ratio=0)"),
     "warmup_ratio": (_warmup_ratio, "optimizer.warmup_ratio"),

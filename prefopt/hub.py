@@ -18,7 +18,8 @@ from prefopt.errors import ConfigError, PrefoptError
 log = logging.getLogger(__name__)
 
 # The Hub's repo names: letters, digits, '-', '_', '.'; a namespace (user or org) is required to push.
-REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}")
+# <user or org>/<name>, or a bare <name> (the token's own namespace, as HF's hub_model_id allows).
+REPO_ID = re.compile(r"([A-Za-z0-9][\w.-]{0,95}/)?[A-Za-z0-9][\w.-]{0,95}")
 
 
 class HubPushError(PrefoptError):
@@ -39,7 +40,7 @@ def check_hub(hcfg, save_model: bool) -> None:
     if not hcfg.repo_id:
         raise ConfigError("hub.repo_id: required with hub.push=true (e.g. hub.repo_id=your-name/dpo-smollm2)")
     if not REPO_ID.fullmatch(hcfg.repo_id):
-        raise ConfigError(f"hub.repo_id={hcfg.repo_id!r}: must be <user or org>/<name> (letters, digits, - _ .)")
+        raise ConfigError(f"hub.repo_id={hcfg.repo_id!r}: must be <user or org>/<name> or <name> (letters, digits, - _ .)")
     if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         raise ConfigError("hub.push=true, but HF_HUB_OFFLINE is set: this run could not push its model; unset "
                           "HF_HUB_OFFLINE or set hub.push=false")

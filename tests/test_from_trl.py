@@ -47,7 +47,9 @@ def test_zephyr_recipe_converts_to_overrides_that_compose(zephyr):
     assert (cfg.dataset.max_length, cfg.dataset.max_prompt_length, cfg.epochs, cfg.seed) == (1024, 512, 1, 42)
     assert cfg.model.gradient_checkpointing is True and cfg.model.dtype == "auto"
     assert set(conversion.ignored) == {"preprocessing_num_workers", "bf16", "do_eval", "gradient_checkpointing_kwargs",
-                                       "hub_model_id", "log_level", "output_dir", "push_to_hub"}
+                                       "log_level", "output_dir"}
+    # The recipe pushes to the Hub: so does the converted run (a bare name is the token's own namespace).
+    assert cfg.hub.push is True and cfg.hub.repo_id == "zephyr-7b-dpo-full"
     assert conversion.defaulted == ["max_grad_norm", "weight_decay", "group_by_length"]
 
 
@@ -80,7 +82,7 @@ def test_cli_prints_a_command_that_names_every_override_and_ignored_field():
     lines = proc.stdout.splitlines()
     assert lines[0] == "python -m prefopt.train \\"
     assert "  optimizer.lr=5e-07 \\" in lines and "  beta=0.01 \\" in lines
-    assert any(line.startswith("# ignored push_to_hub: ") for line in lines)
+    assert "  hub.push=true \\" in lines and any(line.startswith("# ignored output_dir: ") for line in lines)
     # docs/coming_from_trl.md shows this output verbatim.
     assert proc.stdout in (ROOT / "docs" / "coming_from_trl.md").read_text()
 

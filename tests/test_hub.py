@@ -33,7 +33,7 @@ def no_token(monkeypatch, tmp_path):
 
 @pytest.mark.parametrize(("overrides", "env", "message"), [
     (["hub.push=true"], {"HF_TOKEN": FAKE_TOKEN}, "hub.repo_id: required with hub.push=true"),
-    (["hub.push=true", "hub.repo_id=no-namespace"], {"HF_TOKEN": FAKE_TOKEN}, "hub.repo_id='no-namespace': must be"),
+    (["hub.push=true", "hub.repo_id=me/two/slashes"], {"HF_TOKEN": FAKE_TOKEN}, "hub.repo_id='me/two/slashes': must be"),
     (["hub.push=true", "hub.repo_id=me/run"], {"HF_TOKEN": FAKE_TOKEN, "HF_HUB_OFFLINE": "1"},
      "hub.push=true, but HF_HUB_OFFLINE is set"),
     (["hub.push=true", "hub.repo_id=me/run"], {}, r"hub.push=true, but there is no Hub token: set \$HF_TOKEN"),

@@ -77,6 +77,13 @@ def answer_both_turns(model, tokenizer, questions, settings, eot) -> list[list[s
     return [[a["text"], b["text"]] for a, b in zip(first, second, strict=True)]
 
 
+def check(bcfg) -> None:
+    """Before training: FastChat's judge prompts can be read (a URL is fetched and cached now, not after hours)."""
+    if not bcfg.get("judge_prompts"):
+        raise DataError("benchmark.judge_prompts: required (FastChat's judge_prompts.jsonl, a URL or a local path)")
+    load_judge_prompts(bcfg.judge_prompts)
+
+
 def run(policy, reference, tokenizer, bcfg, eot_token: str | None = None) -> dict:
     if bcfg.judge.kind == "none":
         raise DataError("benchmark=mt_bench needs a judge: add judge=http or judge=local (conf/judge/)")

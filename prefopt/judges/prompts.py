@@ -37,7 +37,42 @@ def parse_verdict(reply: str) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
+# FastChat's grading prompts are not on the Hugging Face Hub; by default they are read from FastChat's repository
+# once and cached (a local path works too, and is what an offline machine needs).
+FASTCHAT_JUDGE_PROMPTS = ("https://raw.githubusercontent.com/lm-sys/FastChat/main/fastchat/llm_judge/data/"
+                          "judge_prompts.jsonl")
+
+
+def fetch_judge_prompts(url: str) -> Path:
+    """The judge prompts file at ``url``, downloaded once into ``$PREFOPT_CACHE/judge_prompts`` (atomically);
+    offline (HF_HUB_OFFLINE=1 or no route) an error naming the key and the local-path way out."""
+    import hashlib
+    import os
+    import urllib.request
+
+    from prefopt.io import atomic_write_bytes
+    from prefopt.models import cache_root
+
+    target = cache_root() / "judge_prompts" / f"{hashlib.sha256(url.encode()).hexdigest()[:16]}.jsonl"
+    if target.is_file():
+        return target
+    hint = ("; download FastChat's fastchat/llm_judge/data/judge_prompts.jsonl and pass "
+            "benchmark.judge_prompts=<local path>")
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise DataError(f"benchmark.judge_prompts={url}: not cached and HF_HUB_OFFLINE=1{hint}")
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            data = response.read()
+    except OSError as err:
+        raise DataError(f"benchmark.judge_prompts={url}: cannot download ({err}){hint}") from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(target, data)
+    return target
+
+
 def load_judge_prompts(path: str | Path) -> dict[str, dict]:
+    if str(path).startswith(("https://", "http://")):
+        path = fetch_judge_prompts(str(path))
     path = Path(path)
     if not path.is_file():
         raise DataError(f"benchmark.judge_prompts={path}: no such file (FastChat's judge_prompts.jsonl)")
