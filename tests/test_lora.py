@@ -51,6 +51,7 @@ def test_each_reference_kind_trains_a_lora_policy(tmp_path):
     assert "copies the whole base model" in (runs["frozen"] / "train.log").read_text()
 
 
+@pytest.mark.slow
 def test_precomputed_with_lora_reuses_the_cache_of_the_base(tmp_path):
     """With its adapters off a LoRA policy is its base: the reference cache written by a run without LoRA is
     read, not recomputed (the digest covers the base's weights under the base's names)."""
@@ -96,6 +97,7 @@ def test_adapter_only_save_reloads_to_the_same_logits(tmp_path):
         assert again[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
 
 
+@pytest.mark.slow
 def test_resume_with_lora_matches_the_uninterrupted_run(tmp_path):
     run = [o for o in FAST if not o.startswith("trainer.max_steps")] + [
         "trainer.max_steps=5", "trainer.checkpoint_every=2", "dataset.max_train_rows=32"]

@@ -130,6 +130,7 @@ RUN = TINY + ["trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.keep
               "reference.bema_update_after=1"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     """BEMA resets θ_0/EMA at step 1 and updates at 3 and 5: the checkpoint at 4 must carry θ_0, the EMA and the
     moved reference, or step 5's update (and every reward after it) differs."""

@@ -128,7 +128,10 @@ def test_evaluate_cli_rescores_a_finished_run(sweep, tmp_path):
     assert main([f"run_dir={run_dir}", "benchmark=preference"]) == 0
     summary = read_summary(run_dir)
     for key, value in before["eval"].items():
-        assert summary["benchmarks"]["preference"][key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+        # A correlation over 12 pairs whose margins are still ~1e-3 moves in its 4th digit with the float noise of
+        # reloaded weights; every other metric agrees to rel 1e-4.
+        tolerance = {"abs": 2e-3} if key.startswith("eval/monitor/gold") else {"rel": 1e-4, "abs": 1e-5}
+        assert summary["benchmarks"]["preference"][key] == pytest.approx(value, **tolerance), key
     assert main([f"run_dir={run_dir}", "benchmark=sentiment", "benchmark.num_prompts=3", "benchmark.max_new_tokens=4",
                  "benchmark.bootstrap_samples=100"]) == 0
     summary = read_summary(run_dir)

@@ -54,6 +54,7 @@ def test_plugin_benchmark_composes_as_an_option_without_a_yaml():
         register_benchmark("length")(lambda *args: {})
 
 
+@pytest.mark.slow
 def test_plugin_benchmark_runs_after_training_and_on_the_saved_run_through_the_clis(tmp_path):
     run_dir = tmp_path / "run"
     run_cli(["model=tiny", "trainer.max_steps=2", "trainer.progress_bar=false", "trainer.save_model=true",

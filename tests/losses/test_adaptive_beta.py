@@ -177,6 +177,7 @@ RUN = TINY + ["trainer.max_steps=6", "trainer.checkpoint_every=2", "trainer.keep
               "beta_schedule.end=0.3"]
 
 
+@pytest.mark.slow
 def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     """M_0, σ (loss_state.pt) and the filter's RNG draws carry over the kill: every logged β and loss is the same."""
     from prefopt.train import run
@@ -193,6 +194,7 @@ def test_kill_and_resume_equals_uninterrupted_run(tmp_path):
     assert all(0 < r["adaptive_beta/kept"] < 1 for r in train)  # filtering ran
 
 
+@pytest.mark.slow
 def test_two_processes_share_one_running_statistic(tmp_path):
     """M_0, σ and the batch mean are all-reduced: 2 processes x batch 2 run the steps of 1 process x batch 4
     (no filtering, whose draws are per process), so β, M_0, σ and the loss match at every step within 1e-5."""

@@ -43,6 +43,7 @@ def test_every_step_trains_on_fresh_gold_ordered_pairs(tmp_path):
     assert [r["prompt_id"] for r in first] != [r["prompt_id"] for r in second]
 
 
+@pytest.mark.slow
 def test_killed_online_run_resumes_to_the_same_samples_and_result(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     args = [*ONLINE, "trainer.checkpoint_every=1"]
@@ -57,6 +58,7 @@ def test_killed_online_run_resumes_to_the_same_samples_and_result(tmp_path):
     assert b["train"]["loss"] == pytest.approx(a["train"]["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_semi_online_samples_from_a_copy_refreshed_every_n_steps(tmp_path):
     run_cli([*ONLINE, "regime.every=2", "trainer.checkpoint_every=2", "trainer.max_steps=2"], tmp_path)
     assert read_summary(tmp_path)["online"]["steps"] == 2

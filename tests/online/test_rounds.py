@@ -69,6 +69,7 @@ def _sentiment_pairs():
     return PAIRS
 
 
+@pytest.mark.slow
 def test_killed_iterative_run_resumes_to_the_same_result(tmp_path):
     whole, broken = tmp_path / "whole", tmp_path / "broken"
     args = [*ITERATIVE, "trainer.checkpoint_every=1"]
@@ -90,7 +91,7 @@ def test_killed_iterative_run_resumes_to_the_same_result(tmp_path):
     ({"samples_per_prompt": 1}, r"regime.samples_per_prompt=1: must be >= 2"),
     ({"pairs": "best"}, r"regime.pairs='best'"),
     ({"reference": "frozen"}, r"regime.reference='frozen'"),
-    ({"kind": "online"}, r"regime.kind='online'"),
+    ({"kind": "offpolicy"}, r"regime.kind='offpolicy': must be offline, online, iterative or spin"),
 ])
 def test_bad_regime_values_name_the_key(keys, message):
     base = {"kind": "iterative", "rounds": 2, "epochs_per_round": 1, "samples_per_prompt": 4, "pairs": "best_vs_worst",

@@ -25,6 +25,7 @@ def sweep(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_study_of_a_real_multirun(sweep, tmp_path):
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy)

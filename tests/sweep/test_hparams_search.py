@@ -13,6 +13,7 @@ from tests.conftest import TINY, run_cli
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper", reason="hydra-optuna-sweeper (the `search` extra)")
 
 
+@pytest.mark.slow
 def test_tiny_search_returns_the_configured_metric_and_finds_the_best(tmp_path):
     run_cli(["hparams_search=optuna_dpo", "optimized_metric=eval.eval/rewards/margins", "hydra.sweeper.n_trials=3",
              *TINY, "trainer.eval_every=1"], tmp_path, multirun=True)

@@ -124,7 +124,7 @@ def test_user_error_on_the_cli_is_one_line(tmp_path):
 def test_unknown_logger_names_the_key(tmp_path):
     from prefopt.train import ConfigError
 
-    run_expecting(["logger.name=tensorboard"], tmp_path / "run", ConfigError, r"logger\.name='tensorboard'")
+    run_expecting(["logger.name=nosuchtracker"], tmp_path / "run", ConfigError, r"logger\.name='nosuchtracker'")
 
 
 @pytest.mark.slow

@@ -15,6 +15,9 @@ from prefopt.models import load_model, load_tokenizer
 from prefopt.trainer.batching import step_groups
 from tests.conftest import TINY, compose, read_metrics, read_summary, run_cli
 
+# Two tiny runs with a benchmark (about a minute): run with the slow suite.
+pytestmark = pytest.mark.slow
+
 STUDY = [*TINY, "loss=dpo", "benchmark=sentiment", "benchmark.num_prompts=3", "benchmark.max_new_tokens=4",
          "benchmark.bootstrap_samples=100", "benchmark.cache_reference=false", "trainer.eval_every=1",
          # No warmup: the first step moves the policy, so the first eval's margins vary (gold_corr defined).

@@ -70,6 +70,7 @@ def one_step(tiny_bf16, run_dir, precision):
     return load_file(str(run_dir / "model" / "model.safetensors"))
 
 
+@pytest.mark.slow
 def test_lr_5e7_update_is_kept_by_bf16_autocast_and_lost_by_pure_bf16(tiny_bf16, tmp_path):
     start = load_file(str(tiny_bf16 / "model.safetensors"))
     mixed = one_step(tiny_bf16, tmp_path / "mixed", "bf16_autocast")

@@ -66,6 +66,7 @@ def test_each_reference_option_trains_and_keeps_its_promise(tmp_path):
     assert abs(sync_losses[2] - math.log(2)) < 1e-6 and abs(frozen[2] - math.log(2)) > 1e-4
 
 
+@pytest.mark.slow
 def test_precomputed_cache_is_shared_and_invalidated_by_max_length(tmp_path):
     cache = tmp_path / "reflogps"
     common = TINY + ["reference=precomputed", f"reference.cache_dir={cache}", "dataset.max_train_rows=16"]

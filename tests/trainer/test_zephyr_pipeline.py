@@ -62,6 +62,7 @@ def test_variants_set_epochs_filters_and_tag(variant, epochs, filters):
     assert compose(["experiment=zephyr_ddpo", f"variant={variant}", "model.name_or_path=/c", "epochs=2"]).epochs == 2
 
 
+@pytest.mark.slow
 def test_pipeline_dsft_then_both_ddpo_variants(shared_data, tmp_path):
     uf = shared_data / "ultrafeedback"
     train, evalf = uf / "uf_binarized_h4schema_train_1000.jsonl", uf / "uf_binarized_h4schema_eval_200.jsonl"
