@@ -133,6 +133,7 @@ huggingface_hub.HfApi = FakeApi
 """
 
 
+@pytest.mark.slow
 def test_cli_run_pushes_model_and_card(no_token, tmp_path):
     site = tmp_path / "site"
     site.mkdir()

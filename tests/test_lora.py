@@ -33,6 +33,7 @@ def test_lora_default_composes_with_adapter_off_and_keeps_other_references():
     assert compose([]).model.lora is None and compose([]).reference.kind == "frozen"
 
 
+@pytest.mark.slow
 def test_each_reference_kind_trains_a_lora_policy(tmp_path):
     sweep = tmp_path / "sweep"
     run_cli(FAST + ["reference=adapter_off,frozen,precomputed", f"reference.cache_dir={tmp_path / 'cache'}",

@@ -52,6 +52,7 @@ def test_iterative_rounds_sample_label_pair_and_train_from_the_last_round(tmp_pa
     assert s["final_model"] == str(tmp_path / "round1" / "model")
 
 
+@pytest.mark.slow
 def test_spin_pairs_the_datasets_response_against_the_policys_sample(tmp_path):
     run_cli(["regime=spin", *SMALL], tmp_path)
     records = read_jsonl(tmp_path / "samples_round0.jsonl")

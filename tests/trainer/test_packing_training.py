@@ -10,8 +10,9 @@ from prefopt.train import run
 from tests.conftest import TINY, compose, read_metrics, read_summary
 
 
-@pytest.mark.parametrize("loss, share, attention", [("dpo", True, "sdpa"), ("dpo", False, "sdpa"), ("kto", False, "sdpa"),
-                                                    ("dpo", True, "sdpa_segments")])
+@pytest.mark.parametrize("loss, share, attention", [
+    ("dpo", True, "sdpa"), pytest.param("dpo", False, "sdpa", marks=pytest.mark.slow),
+    pytest.param("kto", False, "sdpa", marks=pytest.mark.slow), ("dpo", True, "sdpa_segments")])
 def test_packed_run_matches_padded_run(tmp_path, loss, share, attention):
     """3 steps, frozen reference, fp32: every logged metric within rel 1e-5 of the padded sdpa run (packing
     and sdpa_segments move no number, only the layout and the kernel calls); the packed run processes no
