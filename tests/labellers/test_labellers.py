@@ -4,9 +4,6 @@
 from __future__ import annotations
 
 import random
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,9 @@ from prefopt import labellers
 from prefopt.errors import ConfigError
 from prefopt.labellers import Labeller, LabellerError, build_labeller, register_labeller
 from prefopt.online.pairs import build_pairs, build_pairs_pairwise, needed_comparisons
+
+# The judge tests' fake OpenAI-compatible server, which prefers the longer answer.
+from tests.judges.test_judge_http import judge_server  # noqa: F401, F811  (a fixture, used by name)
 
 JUDGES = Path(__file__).resolve().parents[1] / "judges"
 
@@ -45,22 +45,6 @@ def test_gold_labeller_is_the_benchmarks_vader_score_and_counts_costs():
         build_labeller(lcfg(name="gold"), OmegaConf.create({"name": "none"}))
 
 
-@pytest.fixture(scope="module")
-def judge_url(tmp_path_factory):
-    port_file = tmp_path_factory.mktemp("judge") / "port"
-    proc = subprocess.Popen([sys.executable, str(JUDGES / "fake_judge_server.py"), str(port_file), "test-key"])
-    try:
-        deadline = time.time() + 30
-        while not port_file.exists():
-            if time.time() > deadline:
-                raise RuntimeError("the fake judge server did not start")
-            time.sleep(0.05)
-        yield f"http://127.0.0.1:{port_file.read_text()}/v1"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
-
 def judge_cfg(url, tmp_path, mode):
     return lcfg(name="judge", judge_mode=mode, judge={
         "kind": "http", "base_url": url, "model": "fake", "api_key_env": "FAKE_JUDGE_KEY", "timeout": 10.0,
@@ -68,9 +52,9 @@ def judge_cfg(url, tmp_path, mode):
         "concurrency": 4, "cache_dir": str(tmp_path / "judgments")})
 
 
-def test_a_judge_that_prefers_longer_answers_gives_pairs_whose_chosen_is_longer(judge_url, tmp_path, monkeypatch):
+def test_a_judge_that_prefers_longer_answers_gives_pairs_whose_chosen_is_longer(judge_server, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("FAKE_JUDGE_KEY", "test-key")
-    labeller = build_labeller(judge_cfg(judge_url, tmp_path, "pairwise"), None)
+    labeller = build_labeller(judge_cfg(judge_server, tmp_path, "pairwise"), None)
     assert labeller.pairwise
     rng = random.Random(0)
     samples = ["short", "a much longer answer here", "mid length", "same size!"]
@@ -85,12 +69,12 @@ def test_a_judge_that_prefers_longer_answers_gives_pairs_whose_chosen_is_longer(
     assert labeller.costs.calls == 12 and labeller.costs.labels == 6
 
 
-def test_judge_scores_and_cache_spares_a_repeat(judge_url, tmp_path, monkeypatch):
+def test_judge_scores_and_cache_spares_a_repeat(judge_server, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setenv("FAKE_JUDGE_KEY", "test-key")
-    labeller = build_labeller(judge_cfg(judge_url, tmp_path, "score"), None)
+    labeller = build_labeller(judge_cfg(judge_server, tmp_path, "score"), None)
     # The fake grades 1 + words % 10.
     assert labeller.score(["q", "q"], ["one two three", "a b c d e f g"]) == [4.0, 8.0]
-    again = build_labeller(judge_cfg(judge_url, tmp_path, "score"), None)
+    again = build_labeller(judge_cfg(judge_server, tmp_path, "score"), None)
     assert again.score(["q", "q"], ["one two three", "a b c d e f g"]) == [4.0, 8.0]
     assert again.costs.calls == 0 and again.costs.labels == 2
 
