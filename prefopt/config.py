@@ -358,8 +358,9 @@ class RegimeConfig:
     temperature: float = 1.0
     top_p: float = 1.0
     sample_batch_size: int = 16
-    # Seeds the sampling streams (with the round, prompt and sample numbers) and the random pair choice.
-    seed: int = 0
+    # Seeds the sampling streams (with the round, prompt and sample numbers) and the random pair choice;
+    # null = the training seed, so that `seed=1,2,3` varies the policy's samples too (a fixed value shares them).
+    seed: int | None = None
 
 
 @dataclass

@@ -67,6 +67,9 @@ TRAIN_CASES = [(g, options, extra) for g in GROUPS if g not in NOT_TRAINER_GROUP
                for options, extra in option_batches(g)]
 
 
+# Slow (about 9 of the fast suite's 20 minutes on 2 cores; CI runs the slow suite): the fast suite still composes
+# every YAML (test_every_yaml_composes) and trains the default path, and each group's code has its own fast tests.
+@pytest.mark.slow
 @pytest.mark.parametrize(("group", "options", "extra"), TRAIN_CASES,
                          ids=[f"{g}:{','.join(o)}" for g, o, _ in TRAIN_CASES])
 def test_every_yaml_trains_on_tiny(group, options, extra, tmp_path):

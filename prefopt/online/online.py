@@ -48,10 +48,17 @@ from prefopt.online.labelling import gold_scorer, label_round, prompt_text
 log = logging.getLogger("prefopt.online")
 
 
+def sampling_seed(cfg: DictConfig) -> int:
+    """regime.seed, or the training seed when it is null (the default): a seed sweep then varies the policy's
+    samples as well as the data order, and a study's condition is not split by a per-seed regime.seed."""
+    return cfg.seed if cfg.regime.seed is None else cfg.regime.seed
+
+
 class OnlineSampler:
     def __init__(self, cfg: DictConfig, labeller: Labeller, gold, prompts: dict[int, list[dict]], tokenizer,
                  run_dir: Path):
         self.rcfg = cfg.regime
+        self.seed = sampling_seed(cfg)
         self.labeller, self.gold, self.prompts, self.tokenizer = labeller, gold, prompts, tokenizer
         self.run_dir = run_dir
         self.eot = end_of_turn_token(tokenizer, cfg.model.eot_token)
@@ -116,7 +123,7 @@ class OnlineSampler:
             return [], figures
         start = time.perf_counter()
         settings = SampleSettings(self.rcfg.max_new_tokens, self.rcfg.temperature, self.rcfg.top_p,
-                                  self.rcfg.sample_batch_size, seed=self.rcfg.seed * 1_000_003 + step)
+                                  self.rcfg.sample_batch_size, seed=self.seed * 1_000_003 + step)
         streams = [(i, j) for i in prompt_ids for j in range(k)]
         policy = self.sampling_policy(s.policy, step)
         with torch.no_grad():
@@ -125,7 +132,7 @@ class OnlineSampler:
         texts = [[drawn[n * k + j]["text"] for j in range(k)] for n in range(len(prompt_ids))]
         figures["sampling_s"] = time.perf_counter() - start
         start = time.perf_counter()
-        rng = random.Random(self.rcfg.seed * 7919 + step)
+        rng = random.Random(self.seed * 7919 + step)
         scores, pairs = label_round(self.labeller, [prompt_text(self.prompts[i]) for i in prompt_ids], texts,
                                     self.rcfg.pairs, self.rcfg.tie_margin, rng, figures["counts"])
         figures["labelling_s"] = time.perf_counter() - start

@@ -20,7 +20,7 @@ Each round r of ``regime.rounds``:
      (``regime.reference=initial``).
 
 Each round starts a fresh optimizer, as the iterative-DPO recipes this reproduces do (each round is a DPO run
-on new pairs); the online regime, which keeps one optimizer and samples every step, is not built yet.
+on new pairs); regime=online (online.py) keeps one optimizer and samples at every step instead.
 
 Resume (``resume=auto``): a round whose ``round<r>/summary.json`` is complete is skipped; a round's samples are
 read back from its ``samples_round<r>.jsonl`` instead of being drawn again; an interrupted round continues
@@ -29,8 +29,10 @@ so nothing but the files needs keeping for a resumed run to equal an uninterrupt
 
 The run's summary.json lists every round: pairs, ties and other counts, the labeller's costs (labels, calls,
 seconds), sampling/labelling/training seconds, the gold reward of the fresh samples when the benchmark has a
-ground-truth scorer, and the labeller's agreement with that gold score on the pairs it built. The benchmark
-(if any) is run once, on the last round's model.
+ground-truth scorer, and the labeller's agreement with that gold score on the pairs it built; ``compute`` sums
+the rounds' (tokens, FLOPs, seconds by phase, sampling and labelling included). The benchmark (if any) is run
+once, on the last round's model against the run's first model (as for an offline run), its items written beside
+the summary.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from prefopt.generation import SampleSettings, sample_streams
 from prefopt.io import atomic_write_json, atomic_write_text, dumps, read_jsonl
 from prefopt.labellers import Labeller, build_labeller
 from prefopt.online.labelling import gold_scorer, label_round, prompt_text
+from prefopt.online.online import sampling_seed
 from prefopt.online.pairs import MODES
 
 log = logging.getLogger("prefopt.online")
@@ -118,7 +121,7 @@ def sample_round(cfg: DictConfig, policy_path: str, rows: list[dict], round_inde
         policy = policy.cuda()
     eot = end_of_turn_token(tokenizer, mcfg.eot_token)
     settings = SampleSettings(rcfg.max_new_tokens, rcfg.temperature, rcfg.top_p, rcfg.sample_batch_size,
-                              seed=rcfg.seed * 1_000_003 + round_index)
+                              seed=sampling_seed(cfg) * 1_000_003 + round_index)
     streams = [(i, j) for i in range(len(rows)) for j in range(k)]
     drawn = sample_streams(policy, tokenizer, [rows[i]["prompt"] for i, _ in streams], streams, settings, eot)
     del policy
@@ -142,7 +145,7 @@ def sample_round(cfg: DictConfig, policy_path: str, rows: list[dict], round_inde
     else:
         costs_before = labeller.costs.as_dict()
         scores, pairs = label_round(labeller, prompts, texts, rcfg.pairs, rcfg.tie_margin,
-                                    random.Random(rcfg.seed * 7919 + round_index), counts)
+                                    random.Random(sampling_seed(cfg) * 7919 + round_index), counts)
         after = labeller.costs.as_dict()
         figures["labeller"] = {key: after[key] - costs_before[key] for key in after}
     figures["labelling_s"] = time.perf_counter() - start
@@ -195,10 +198,11 @@ def round_config(cfg: DictConfig, r: int, policy_path: str, pairs_path: Path, ro
     round_cfg["epochs"] = rcfg.epochs_per_round
     round_cfg["seed"] = cfg.seed + r
     round_cfg["trainer"]["save_model"] = True  # the next round starts from it
-    if not last:  # benchmarked and pushed once, at the end
-        round_cfg["benchmark"] = {**round_cfg["benchmark"], "name": "none"}
-        if isinstance(round_cfg.get("hub"), dict):
-            round_cfg["hub"]["push"] = False
+    # The benchmark runs once, after the last round, against the run's first model (benchmark_final_policy):
+    # a round's own benchmark would compare with that round's start, its reference under regime.reference=reset.
+    round_cfg["benchmark"] = {**round_cfg["benchmark"], "name": "none"}
+    if not last and isinstance(round_cfg.get("hub"), dict):  # pushed once, at the end
+        round_cfg["hub"]["push"] = False
     round_cfg["run_dir"] = str(round_dir)
     round_cfg["resume"] = "auto" if resume else None
     return OmegaConf.create(round_cfg)
@@ -241,7 +245,7 @@ def run_rounds(cfg: DictConfig, run_dir: Path, hydra_choices: dict | None = None
     rows = training_prompts(cfg)
     atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
 
-    rounds, summary_r = [], None
+    rounds, round_summaries, summary_r = [], [], None
     policy_path = cfg.model.name_or_path
     for r in range(rcfg.rounds):
         round_dir = run_dir / f"round{r}"
@@ -269,6 +273,7 @@ def run_rounds(cfg: DictConfig, run_dir: Path, hydra_choices: dict | None = None
             summary_r = run(round_config(cfg, r, policy_path, pairs_path, round_dir, resume), run_dir=round_dir,
                             hydra_choices=hydra_choices)
             figures["training_s"] = time.perf_counter() - start
+        round_summaries.append(summary_r)
         figures["steps"] = summary_r.get("steps")
         figures["eval"] = summary_r.get("eval")
         rounds.append(figures)
@@ -278,9 +283,55 @@ def run_rounds(cfg: DictConfig, run_dir: Path, hydra_choices: dict | None = None
                "labeller": None if labeller is None else labeller.name, "rounds": rounds,
                "steps": sum(f["steps"] or 0 for f in rounds), "samples_generated": sum(
                    f["prompts"] * f["samples_per_prompt"] for f in rounds),
-               "wall_time_s": time.perf_counter() - wall_start, "final_model": policy_path}
+               "compute": total_compute(round_summaries, rounds), "final_model": policy_path}
+    if cfg.benchmark.name != "none":
+        benchmark_start = time.perf_counter()
+        summary["benchmark"] = benchmark_final_policy(cfg, policy_path, run_dir)
+        summary["benchmarks"] = {cfg.benchmark.name: summary["benchmark"]}
+        summary["compute"]["wall_s"]["benchmark"] = time.perf_counter() - benchmark_start
+    summary["wall_time_s"] = summary["compute"]["wall_s"]["total"] = time.perf_counter() - wall_start
     atomic_write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def total_compute(round_summaries: list[dict], rounds: list[dict]) -> dict:
+    """Every round's compute figures summed (tokens, FLOPs, seconds by phase), with the rounds' sampling and
+    labelling seconds as phases of their own: what the whole run cost, for comparisons at equal compute."""
+    total: dict = {"wall_s": {}}
+    for part in round_summaries:
+        for key, value in (part.get("compute") or {}).items():
+            if key == "wall_s":
+                for phase, seconds in value.items():
+                    total["wall_s"][phase] = total["wall_s"].get(phase, 0.0) + seconds
+            elif key == "policy_parameters":
+                total[key] = value
+            elif isinstance(value, (int, float)):
+                total[key] = total.get(key, 0) + value
+    total["wall_s"]["sampling"] = sum(f.get("sampling_s", 0.0) for f in rounds)
+    total["wall_s"]["labelling"] = sum(f.get("labelling_s", 0.0) for f in rounds)
+    return total
+
+
+def benchmark_final_policy(cfg: DictConfig, policy_path: str, run_dir: Path) -> dict:
+    """The configured benchmark of the last round's model against the run's first model, its items written to
+    ``<run_dir>/benchmark_<name>.jsonl`` as for any run (a study reads the rounds' run like an offline one)."""
+    import torch
+
+    from prefopt.benchmarks.runner import load_reference_model, run_benchmark
+    from prefopt.judges import JudgeError
+    from prefopt.models import load_model, load_tokenizer
+
+    device = torch.device("cuda") if torch.cuda.is_available() else None
+    policy = load_model(policy_path, cfg.model.dtype, cfg.model.trust_remote_code)
+    policy = policy.to(device) if device is not None else policy
+    tokenizer = load_tokenizer(policy_path, cfg.model.chat_template, cfg.model.trust_remote_code)
+    try:
+        return run_benchmark(cfg.benchmark, policy, load_reference_model(cfg, device), tokenizer,
+                             cfg.model.eot_token, run_dir)
+    except JudgeError as err:
+        # The rounds are done and kept; `python -m prefopt.evaluate` can rerun the benchmark on final_model.
+        log.error("benchmark %s failed: %s", cfg.benchmark.name, err)
+        return {"name": cfg.benchmark.name, "status": "failed", "error": str(err)}
 
 
 def read_jsonl_summary(path: Path) -> dict:

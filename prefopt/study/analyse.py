@@ -177,38 +177,53 @@ def json_key(value) -> str:
     return repr(value)
 
 
+def differing_keys(a: dict, b: dict, keys: list[str]) -> list[str] | None:
+    """The keys two conditions (or frontiers) at the same β differ in, when they are compared: either in the
+    loss alone (its name and ``loss.*`` hyperparameters: dpo vs robust with its ε) or in the rest of the config
+    alone (label noise, adaptive β, the regime, an ExPO α: the same loss trained or used another way). A pair
+    that differs in both has no single cause and is not compared; None then, and for different β."""
+    if json_key(a.get("beta")) != json_key(b.get("beta")):
+        return None
+    differ = [k for k in keys if k != "beta" and json_key(a.get(k)) != json_key(b.get(k))]
+    in_loss = [k for k in differ if k == "loss" or k.startswith("loss.")]
+    if not differ or (in_loss and len(in_loss) < len(differ)):
+        return None
+    return differ
+
+
 def _equal_beta_pairs(cond_out, keys, conditions, reward, ws, wp, target, alpha, confidence) -> list[dict]:
-    """Every pair of losses at the same β and other keys: the paired difference of gold reward."""
-    rest = [k for k in keys if k != "loss"]
-    groups: dict[tuple, list[int]] = {}
-    for i, c in enumerate(cond_out):
-        groups.setdefault(tuple(json_key(c.get(k)) for k in rest), []).append(i)
+    """Every pair of conditions at the same β that differ in the loss alone or in the rest alone
+    (``differing_keys``): the paired difference of gold reward."""
+    order = sorted(range(len(cond_out)), key=lambda i: (str(cond_out[i]["loss"]), conditions[i]))
     out = []
-    for _, idx in sorted(groups.items()):
-        for i, j in itertools.combinations(sorted(idx, key=lambda i: str(cond_out[i]["loss"])), 2):
-            diff = reward[i] - reward[j]  # (S, P), NaN where either lacks the cell
-            test = stats.paired_test(diff, alpha, confidence=confidence)
-            boot = stats.weighted_means(diff, ws, wp)
-            lo, hi = stats.percentile_ci(boot, confidence)
-            comps = stats.variance_components(stats.complete_table(diff))
-            n_seeds, n_prompts = test["seeds"], test["prompts"]
-            entry = {"kind": "equal_beta", "a": conditions[i], "b": conditions[j],
-                     "at": {k: cond_out[i].get(k) for k in rest}, "metric": "reward",
-                     "test": "crossed random-effects t (Satterthwaite df)", **test,
-                     "bootstrap_ci": [lo, hi], "variance_components": comps,
-                     "mde_from_components": stats.planned_mde(comps, n_seeds, n_prompts, alpha)
-                     if comps["prompt"] is not None else None}
-            if target is not None and comps["prompt"] is not None:
-                # Without a seed component the prompt/cell split is not identified either: plan only the
-                # seeds that were run.
-                estimated = comps["seed"] is not None
-                fewest = stats.seeds_needed(comps, target, alpha) if estimated else None
-                options = sorted({n_seeds, *PLAN_SEEDS} | ({fewest} if fewest else set())) if estimated \
-                    else [n_seeds]
-                entry["plan"] = {"target": target, "seed_variance_estimated": estimated, "fewest_seeds": fewest,
-                                 "options": [{"seeds": s, "prompts": stats.prompts_needed(comps, target, s, alpha)}
-                                             for s in options]}
-            out.append(entry)
+    for i, j in itertools.combinations(order, 2):
+        differ = differing_keys(cond_out[i], cond_out[j], keys)
+        if differ is None:
+            continue
+        diff = reward[i] - reward[j]  # (S, P), NaN where either lacks the cell
+        test = stats.paired_test(diff, alpha, confidence=confidence)
+        boot = stats.weighted_means(diff, ws, wp)
+        lo, hi = stats.percentile_ci(boot, confidence)
+        comps = stats.variance_components(stats.complete_table(diff))
+        n_seeds, n_prompts = test["seeds"], test["prompts"]
+        entry = {"kind": "equal_beta", "a": conditions[i], "b": conditions[j], "differ": differ,
+                 "at": {k: cond_out[i].get(k) for k in keys if k not in differ},
+                 "metric": "reward",
+                 "test": "crossed random-effects t (Satterthwaite df)", **test,
+                 "bootstrap_ci": [lo, hi], "variance_components": comps,
+                 "mde_from_components": stats.planned_mde(comps, n_seeds, n_prompts, alpha)
+                 if comps["prompt"] is not None else None}
+        if target is not None and comps["prompt"] is not None:
+            # Without a seed component the prompt/cell split is not identified either: plan only the
+            # seeds that were run.
+            estimated = comps["seed"] is not None
+            fewest = stats.seeds_needed(comps, target, alpha) if estimated else None
+            options = sorted({n_seeds, *PLAN_SEEDS} | ({fewest} if fewest else set())) if estimated \
+                else [n_seeds]
+            entry["plan"] = {"target": target, "seed_variance_estimated": estimated, "fewest_seeds": fewest,
+                             "options": [{"seeds": s, "prompts": stats.prompts_needed(comps, target, s, alpha)}
+                                         for s in options]}
+        out.append(entry)
     return out
 
 
@@ -220,8 +235,8 @@ def _equal_kl_pairs(frontiers, grid, beta_pairs, n_seeds, n_prompts, confidence)
     no β): the interpolated reward is a mix of adjacent β's rewards, whose differences those tests model."""
     out = []
     for fa, fb in itertools.combinations(frontiers, 2):
-        shared = [k for k in fa if k not in ("frontier", "loss", "points", "at_kl", "_idx", "_at_boot")]
-        if any(fa.get(k) != fb.get(k) for k in shared):
+        keys = [k for k in fa if k not in ("frontier", "points", "at_kl", "_idx", "_at_boot")]
+        if differing_keys(fa, fb, keys) is None:
             continue
         names = {p["condition"] for p in fa["points"]} | {p["condition"] for p in fb["points"]}
         dfs = [p["df"] for p in beta_pairs if p["a"] in names and p["b"] in names and math.isfinite(p["df"])]

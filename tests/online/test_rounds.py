@@ -52,6 +52,24 @@ def test_iterative_rounds_sample_label_pair_and_train_from_the_last_round(tmp_pa
     assert s["final_model"] == str(tmp_path / "round1" / "model")
 
 
+def test_the_benchmark_compares_the_last_rounds_model_with_the_first_model(tmp_path):
+    """Not with the last round's start (its reference under regime.reference=reset): the reference side of
+    the items is the one an offline run of the same model gets, so a study pairs them prompt by prompt."""
+    bench = ["benchmark=sentiment", "benchmark.num_prompts=3", "benchmark.max_new_tokens=4"]
+    run_cli([*ITERATIVE, *bench], tmp_path / "iterative")
+    run_cli([*SMALL, *bench, "trainer.max_steps=1"], tmp_path / "offline")
+    s = summary(tmp_path / "iterative")
+    items = read_jsonl(tmp_path / "iterative" / "benchmark_sentiment.jsonl")
+    offline = read_jsonl(tmp_path / "offline" / "benchmark_sentiment.jsonl")
+    assert s["benchmark"]["n"] == 3 and len(items) == 3
+    assert [i["reference"] for i in items] == [i["reference"] for i in offline]
+    assert not (tmp_path / "iterative" / "round1" / "benchmark_sentiment.jsonl").exists()
+    rounds = [summary(tmp_path / "iterative" / f"round{r}") for r in range(2)]
+    assert s["compute"]["policy_tokens_backward"] == sum(r["compute"]["policy_tokens_backward"] for r in rounds)
+    assert s["compute"]["wall_s"]["sampling"] == sum(f["sampling_s"] for f in s["rounds"]) > 0
+    assert s["compute"]["wall_s"]["benchmark"] > 0 and s["wall_time_s"] == s["compute"]["wall_s"]["total"]
+
+
 @pytest.mark.slow
 def test_spin_pairs_the_datasets_response_against_the_policys_sample(tmp_path):
     run_cli(["regime=spin", *SMALL], tmp_path)

@@ -157,8 +157,11 @@ def test_other_swept_keys_and_old_items(tmp_path):
                               "status": "not run", "error": None}]
     result = analyse(study, replicates=100)
     pairs = [(p["a"], p["b"]) for p in result["pairs"] if p["kind"] == "equal_beta"]
-    assert pairs == [("dpo β=0.1 optimizer.lr=1e-05", "ipo β=0.1 optimizer.lr=1e-05")]  # only at equal lr
-    assert result["pairs"][0]["seeds"] == 1  # paired only where both have the seed
+    # dpo vs ipo only at equal lr; dpo's two lrs with each other (the same loss, another lr); never dpo at one
+    # lr vs ipo at the other (both differ).
+    assert pairs == [("dpo β=0.1 optimizer.lr=0.0001", "dpo β=0.1 optimizer.lr=1e-05"),
+                     ("dpo β=0.1 optimizer.lr=1e-05", "ipo β=0.1 optimizer.lr=1e-05")]
+    assert [p["seeds"] for p in result["pairs"][:2]] == [2, 1]  # paired only where both have the seed
 
 
 def test_run_study_returns_without_writing(tmp_path):
@@ -215,3 +218,28 @@ def test_a_benchmark_without_kl(tmp_path):
     assert [p["kind"] for p in result["pairs"]] == ["equal_beta"]
     assert not (tmp_path / "frontier.png").exists() and (tmp_path / "curves_train.png").exists()
     assert json.loads((tmp_path / "study.json").read_text())["conditions"][0]["metrics"]["kl"]["estimate"] is None
+
+
+def test_pairs_differ_in_the_loss_alone_or_in_the_rest_alone(tmp_path):
+    """dpo vs robust on the same data, and dpo clean vs dpo noisy, are compared; robust with ε=0.1 on clean
+    data vs robust with ε=0.2 on noisy data differs in both and is not (no single cause)."""
+    rng = np.random.default_rng(0)
+    job = 0
+    for loss, noise, eps in (("dpo", 0.0, None), ("dpo", 0.2, None), ("robust", 0.0, 0.1), ("robust", 0.2, 0.2)):
+        for seed in (1, 2):
+            run = write_run(tmp_path, str(job), loss=loss, beta=0.1, seed=seed, rewards=rng.normal(0, 1, PROMPTS),
+                            kls=np.ones(PROMPTS), extra={"dataset.label_noise": noise})
+            if eps is not None:
+                config = yaml.safe_load((run / "config.yaml").read_text())
+                config["loss"]["robust"]["label_smoothing"] = eps
+                (run / "config.yaml").write_text(yaml.safe_dump(config))
+            job += 1
+    result = analyse(load_study(tmp_path), replicates=100)
+    pairs = {(p["a"], p["b"]): p["differ"] for p in result["pairs"] if p["kind"] == "equal_beta"}
+    names = {c["condition"]: (c["loss"], c["dataset.label_noise"]) for c in result["conditions"]}
+    found = {(names[a], names[b]): differ for (a, b), differ in pairs.items()}
+    assert found == {
+        (("dpo", 0.0), ("dpo", 0.2)): ["dataset.label_noise"],
+        (("dpo", 0.0), ("robust", 0.0)): ["loss", "loss.robust.label_smoothing"],
+        (("dpo", 0.2), ("robust", 0.2)): ["loss", "loss.robust.label_smoothing"],
+    }
