@@ -3,6 +3,8 @@
     python experiments/laboratory_demo.py run losses noise methods expo online     # the runs, in that order
     python experiments/laboratory_demo.py study                                      # the four reports
     python experiments/laboratory_demo.py run losses --dry-run                       # print the commands only
+    OMP_NUM_THREADS=1 python experiments/laboratory_demo.py run losses_dpo methods_adaptive noise methods_dpop &
+    OMP_NUM_THREADS=1 python experiments/laboratory_demo.py run losses           # two 1-thread halves at once
     python experiments/laboratory_demo.py --smoke --root /tmp/demo run losses ...    # the same flow on model=tiny
 
 Every training run has one size, chosen so that the ~60 runs fit about two hours of a 2-core CPU: 64 built-in
@@ -59,10 +61,10 @@ SWEEPS: dict[str, list[str]] = {
                                "dataset.label_noise=0.2", f"seed={SEEDS}"],
     "methods_dpop": OFFLINE + ["loss=dpop", "beta=0.1", f"seed={SEEDS}"],
     "methods_adaptive": OFFLINE + ["loss=dpo", "adaptive_beta=beta_dpo", f"beta={BETAS}", f"seed={SEEDS}"],
-    "online": SIZE + ["experiment=online_dpo", "regime.max_new_tokens=40", "beta=0.1", f"seed={SEEDS}",
-                      "regime.seed=${seed}"],
+    # regime.seed is null: the sampling streams follow the seed.
+    "online": SIZE + ["experiment=online_dpo", "regime.max_new_tokens=40", "beta=0.1", f"seed={SEEDS}"],
     "iterative": SIZE + ["experiment=iterative_dpo", "regime.rounds=2", "dataset.max_train_rows=32",
-                         "regime.max_new_tokens=40", "beta=0.1", f"seed={SEEDS}", "regime.seed=${seed}"],
+                         "regime.max_new_tokens=40", "beta=0.1", f"seed={SEEDS}"],
 }
 GROUPS = {"losses": ["losses_dpo", "losses"], "noise": ["noise_dpo", "noise_robust"], "methods": ["methods_dpop", "methods_adaptive"],
           "online": ["online", "iterative"]}
@@ -162,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run")
-    run.add_argument("which", nargs="+", choices=[*GROUPS, "expo", "drop-models"])
+    run.add_argument("which", nargs="+", choices=[*GROUPS, *SWEEPS, "expo", "drop-models"])
     run.add_argument("--dry-run", action="store_true")
     rep = sub.add_parser("study")
     rep.add_argument("which", nargs="*", default=[*REPORTS, "issue12_expo"])
@@ -178,7 +180,7 @@ def main() -> None:
             elif group == "drop-models":
                 drop_models(args.dry_run)
             else:
-                for name in GROUPS[group]:
+                for name in GROUPS.get(group, [group]):
                     run_sweep(name, args.dry_run)
     else:
         for report in args.which:
