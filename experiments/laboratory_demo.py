@@ -1,10 +1,10 @@
 """The loss laboratory's demonstrations on SmolLM2-135M and the sentiment task (issues 11, 12 and 13).
 
-    python experiments/laboratory_demo.py run losses noise methods expo online     # the runs, in that order
+    python experiments/laboratory_demo.py run losses noise methods expo regimes    # the runs, in that order
     python experiments/laboratory_demo.py study                                      # the four reports
     python experiments/laboratory_demo.py run losses --dry-run                       # print the commands only
     OMP_NUM_THREADS=1 python experiments/laboratory_demo.py run losses_dpo methods_adaptive noise methods_dpop &
-    OMP_NUM_THREADS=1 python experiments/laboratory_demo.py run losses           # two 1-thread halves at once
+    OMP_NUM_THREADS=1 python experiments/laboratory_demo.py run losses_other     # two 1-thread halves at once
     python experiments/laboratory_demo.py --smoke --root /tmp/demo run losses ...    # the same flow on model=tiny
 
 Every training run has one size, chosen so that the ~60 runs fit about two hours of a 2-core CPU: 64 built-in
@@ -23,7 +23,7 @@ Sweeps (each a Hydra multirun of ``prefopt.train`` into ``experiments/demos/<nam
 - ``methods`` (issue 12): DPOP (λ = 50) at β = 0.1, and DPO with adaptive β (``adaptive_beta=beta_dpo``) at
   β_0 ∈ {0.01, 0.1, 1.0}, 3 seeds each; compared with ``losses``' fixed-β dpo runs.
 - ``expo`` (issue 12): ``prefopt.extrapolate`` of the three seeds' dpo β = 0.1 runs at α ∈ {0.5, 1, 2}.
-- ``online`` (issue 13): online DPO (4 samples per prompt, best vs worst by VADER, every step) over the same 64
+- ``regimes`` (issue 13): online DPO (4 samples per prompt, best vs worst by VADER, every step) over the same 64
   prompts, one epoch = 8 steps; iterative DPO, 2 rounds of 32 prompts x 4 samples, one epoch each = 4 + 4
   steps; 3 seeds each (``regime.seed`` follows the seed); compared with ``losses``' offline dpo β = 0.1.
 
@@ -54,7 +54,7 @@ OFFLINE = SIZE + ["reference=precomputed"]
 
 SWEEPS: dict[str, list[str]] = {
     "losses_dpo": OFFLINE + ["loss=dpo", f"beta={BETAS}", f"seed={SEEDS}", "trainer.save_model=true"],
-    "losses": OFFLINE + ["loss=ipo,simpo,robust", f"beta={BETAS}", f"seed={SEEDS}"],
+    "losses_other": OFFLINE + ["loss=ipo,simpo,robust", f"beta={BETAS}", f"seed={SEEDS}"],
     # Two sweeps: loss.robust.* cannot be set in a job that trains dpo.
     "noise_dpo": OFFLINE + ["loss=dpo", "beta=0.1", "dataset.label_noise=0.2", f"seed={SEEDS}"],
     "noise_robust": OFFLINE + ["loss=robust", "beta=0.1", "loss.robust.label_smoothing=0.2",
@@ -66,14 +66,14 @@ SWEEPS: dict[str, list[str]] = {
     "iterative": SIZE + ["experiment=iterative_dpo", "regime.rounds=2", "dataset.max_train_rows=32",
                          "regime.max_new_tokens=40", "beta=0.1", f"seed={SEEDS}"],
 }
-GROUPS = {"losses": ["losses_dpo", "losses"], "noise": ["noise_dpo", "noise_robust"], "methods": ["methods_dpop", "methods_adaptive"],
-          "online": ["online", "iterative"]}
+GROUPS = {"losses": ["losses_dpo", "losses_other"], "noise": ["noise_dpo", "noise_robust"], "methods": ["methods_dpop", "methods_adaptive"],
+          "regimes": ["online", "iterative"]}
 
 # report name -> (run roots: a sweep, or "sweep:key=value,..." for the runs of it that match; study args).
 # A report holds only the runs its question needs: every pair in it enters one Holm family.
 REPORTS: dict[str, tuple[list[str], list[str]]] = {
-    "issue11_losses": (["losses_dpo", "losses"], ["--target-diff", "0.1"]),
-    "issue11_label_noise": (["noise_dpo", "noise_robust", "losses_dpo:beta=0.1", "losses:beta=0.1,loss=robust"], ["--target-diff", "0.1"]),
+    "issue11_losses": (["losses_dpo", "losses_other"], ["--target-diff", "0.1"]),
+    "issue11_label_noise": (["noise_dpo", "noise_robust", "losses_dpo:beta=0.1", "losses_other:beta=0.1,loss=robust"], ["--target-diff", "0.1"]),
     "issue12_methods": (["methods_dpop", "methods_adaptive", "losses_dpo"], ["--target-diff", "0.1"]),
     "issue13_online": (["online", "iterative", "losses_dpo:beta=0.1"], ["--target-diff", "0.1"]),
 }
@@ -159,6 +159,48 @@ def study_expo(dry_run: bool) -> None:
     sh([sys.executable, "-m", "prefopt.study", *dirs, "--out", str(DEMOS / "reports" / "issue12_expo")], dry_run)
 
 
+def compute_table(dry_run: bool) -> None:
+    """issue13_online/compute.md: what each regime cost (issue 13 compares at matched steps, on compute too),
+    the mean over seeds (min-max) of the runs' own summary.json figures."""
+    import json
+    import statistics
+
+    out = DEMOS / "reports" / "issue13_online" / "compute.md"
+    print("+ write", out, flush=True)
+    if dry_run:
+        return
+
+    def figures(summary: dict) -> dict:
+        wall = (summary.get("compute") or {}).get("wall_s") or {}
+        online = summary.get("online") or {}
+        sampled = summary.get("samples_generated") or online.get("samples") or 0
+        sampling = wall.get("sampling", online.get("sampling_s", 0.0))
+        return {"optimizer steps": summary.get("steps"), "samples generated (training)": sampled,
+                "sampling s": sampling, "training FLOPs (estimate)": summary["compute"]["flops_estimate"],
+                "benchmark s": wall.get("benchmark"), "wall s (run)": summary.get("wall_time_s")}
+
+    rows = []
+    for label, root in (("offline DPO", "losses_dpo:beta=0.1"), ("online DPO", "online"), ("iterative DPO", "iterative")):
+        runs = select(root) if ":" in root else sorted(p.parent for p in (DEMOS / root).glob("*/summary.json"))
+        per_run = [figures(json.loads((run / "summary.json").read_text())) for run in runs]
+        cells = []
+        for key in per_run[0] if per_run else []:
+            values = [f[key] for f in per_run if f[key] is not None]
+            mean = statistics.fmean(values)
+            cells.append(f"{mean:.3g} ({min(values):.3g}–{max(values):.3g})" if max(values) != min(values)
+                         else f"{mean:.3g}")
+        rows.append((label, len(per_run), cells, list(per_run[0]) if per_run else []))
+    header = ["regime", "runs"] + rows[0][3]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join([label, str(n), *cells]) + " |" for label, n, cells, _ in rows]
+    note = ("Mean over seeds (min–max), from each run's summary.json. Sampling seconds are the policy's "
+            "generation of training samples (0 offline); the FLOPs estimate counts training forwards and "
+            "backwards only, not generation; wall seconds are of the whole run, benchmark included, with two "
+            "1-thread runs sharing the 2 cores.")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# Compute by regime\n\n" + note + "\n\n" + "\n".join(lines) + "\n")
+
+
 def main() -> None:
     global DEMOS, smoke
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -167,7 +209,7 @@ def main() -> None:
     run.add_argument("which", nargs="+", choices=[*GROUPS, *SWEEPS, "expo", "drop-models"])
     run.add_argument("--dry-run", action="store_true")
     rep = sub.add_parser("study")
-    rep.add_argument("which", nargs="*", default=[*REPORTS, "issue12_expo"])
+    rep.add_argument("which", nargs="*", default=[*REPORTS, "issue12_expo", "compute"])
     rep.add_argument("--dry-run", action="store_true")
     parser.add_argument("--root", type=Path, default=DEMOS, help="where the sweeps and reports go")
     parser.add_argument("--smoke", action="store_true", help="model=tiny, 2 steps, 4 prompts of 4 tokens")
@@ -184,7 +226,12 @@ def main() -> None:
                     run_sweep(name, args.dry_run)
     else:
         for report in args.which:
-            study_expo(args.dry_run) if report == "issue12_expo" else study(report, args.dry_run)
+            if report == "issue12_expo":
+                study_expo(args.dry_run)
+            elif report == "compute":
+                compute_table(args.dry_run)
+            else:
+                study(report, args.dry_run)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ def test_every_job_of_every_sweep_composes_at_the_demo_size(name):
 
 
 def test_the_grid_is_the_one_the_issues_ask_for():
-    jobs = expand(demo.SWEEPS["losses"]) + expand(demo.SWEEPS["losses_dpo"])
+    jobs = expand(demo.SWEEPS["losses_other"]) + expand(demo.SWEEPS["losses_dpo"])
     assert len({tuple(sorted(job)) for job in jobs}) == 36  # 4 losses x 3 betas x 3 seeds
     assert len(expand(demo.SWEEPS["noise_dpo"]) + expand(demo.SWEEPS["noise_robust"])) == 6
 
@@ -57,3 +57,10 @@ def test_select_reads_the_run_configs(tmp_path, monkeypatch):
     assert demo.select("losses:beta=0.1") == [tmp_path / "losses" / n for n in ("0", "1", "3")]
     assert demo.select("losses:beta=0.1,loss=robust") == [tmp_path / "losses" / "1"]
     assert demo.select("losses:beta=0.5") == []
+
+
+def test_a_sweep_name_is_never_a_group_name():
+    """`run NAME` runs a group's sweeps or one sweep: a shared name would run a group where a sweep was meant
+    (two halves launched at once would then write the same folders)."""
+    assert not set(demo.SWEEPS) & set(demo.GROUPS)
+    assert sorted(s for names in demo.GROUPS.values() for s in names) == sorted(demo.SWEEPS)
