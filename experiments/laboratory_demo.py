@@ -201,6 +201,48 @@ def compute_table(dry_run: bool) -> None:
     out.write_text("# Compute by regime\n\n" + note + "\n\n" + "\n".join(lines) + "\n")
 
 
+def drift_table(dry_run: bool) -> None:
+    """issue12_methods/drift.md: DPOP's claim is about the chosen completions' log-probability, which the study's
+    pairwise tests (gold reward) do not cover: the held-out monitors of DPOP and DPO at β = 0.1, paired by seed,
+    with a t interval over the seeds (df = seeds - 1)."""
+    import json
+
+    import numpy as np
+    from scipy import stats
+
+    out = DEMOS / "reports" / "issue12_methods" / "drift.md"
+    print("+ write", out, flush=True)
+    if dry_run:
+        return
+
+    def by_seed(runs: list[Path]) -> dict[int, dict]:
+        found = {}
+        for run in runs:
+            summary = json.loads((run / "summary.json").read_text())
+            if summary.get("status") == "completed":
+                found[summary["seed"]] = summary["eval"]
+        return found
+
+    dpop, dpo = by_seed(select("methods_dpop:beta=0.1")), by_seed(select("losses_dpo:beta=0.1"))
+    seeds = sorted(set(dpop) & set(dpo))
+    lines = [f"| held-out metric (final eval) | DPO | DPOP (λ=50) | DPOP − DPO [95% t CI, df={len(seeds) - 1}] | p |",
+             "|---|---|---|---|---|"]
+    for key in ("eval/monitor/chosen_logp_drift", "eval/monitor/rejected_logp_drift", "eval/logps/chosen",
+                "eval/rewards/margins", "eval/rewards/accuracies"):
+        a, b = np.array([dpop[s][key] for s in seeds]), np.array([dpo[s][key] for s in seeds])
+        diff = a - b
+        se = diff.std(ddof=1) / np.sqrt(len(diff))
+        q = stats.t.ppf(0.975, len(diff) - 1)
+        p = 2 * stats.t.sf(abs(diff.mean()) / se, len(diff) - 1) if se > 0 else float("nan")
+        lines.append(f"| {key} | {b.mean():.3f} | {a.mean():.3f} | {diff.mean():+.3f} "
+                     f"[{diff.mean() - q * se:+.3f}, {diff.mean() + q * se:+.3f}] | {p:.3g} |")
+    note = (f"Seeds {seeds}; each figure is the run's final held-out eval (12 pairs) from summary.json; the drift "
+            "monitors are the mean log π(y) − log π_ref(y) of the held-out chosen / rejected completions. Not "
+            "corrected for multiplicity (five metrics).")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("# DPOP vs DPO: chosen log-probability drift\n\n" + note + "\n\n" + "\n".join(lines) + "\n")
+
+
 def main() -> None:
     global DEMOS, smoke
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -209,7 +251,7 @@ def main() -> None:
     run.add_argument("which", nargs="+", choices=[*GROUPS, *SWEEPS, "expo", "drop-models"])
     run.add_argument("--dry-run", action="store_true")
     rep = sub.add_parser("study")
-    rep.add_argument("which", nargs="*", default=[*REPORTS, "issue12_expo", "compute"])
+    rep.add_argument("which", nargs="*", default=[*REPORTS, "issue12_expo", "compute", "drift"])
     rep.add_argument("--dry-run", action="store_true")
     parser.add_argument("--root", type=Path, default=DEMOS, help="where the sweeps and reports go")
     parser.add_argument("--smoke", action="store_true", help="model=tiny, 2 steps, 4 prompts of 4 tokens")
@@ -230,6 +272,8 @@ def main() -> None:
                 study_expo(args.dry_run)
             elif report == "compute":
                 compute_table(args.dry_run)
+            elif report == "drift":
+                drift_table(args.dry_run)
             else:
                 study(report, args.dry_run)
 

@@ -24,8 +24,10 @@ from prefopt.errors import PrefoptError
 from prefopt.io import read_jsonl
 
 # Keys that differ between runs without making them different experiments.
-# expo.source_run: an ExPO α directory's source run (one per seed, like run_dir).
-NOT_A_CONDITION = ("seed", "run_dir", "resume", "logger.", "trainer.progress_bar", "hydra.", "expo.source_run")
+# expo.source_run: an ExPO α directory's source run (one per seed, like run_dir). trainer.save_model: whether the
+# model was kept changes nothing a study compares (an ExPO study keeps the models of one arm only).
+NOT_A_CONDITION = ("seed", "run_dir", "resume", "logger.", "trainer.progress_bar", "trainer.save_model", "hydra.",
+                   "expo.source_run")
 # Keys that must agree across a study's runs: a different benchmark or prompt set is a different task.
 TASK_KEYS = ("benchmark.name", "benchmark.prompts", "benchmark.num_prompts")
 CURVES = ("rewards/margins", "rewards/accuracies", "logps/chosen", "logps/rejected")

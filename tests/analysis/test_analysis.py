@@ -163,7 +163,9 @@ def test_evaluate_cli_errors_are_one_line(sweep, tmp_path, capsys):
 def test_committed_paper_figures_match_their_scripts(script, tmp_path):
     """Each committed paper figure is what its script draws from the committed run directories."""
     committed = ROOT / "paper_figures" / f"{script}.png"
-    runs = ROOT / "paper_figures" / "sweeps" / ("frontier" if "frontier" in script else "epochs")
+    # Figure 1 reads the laboratory demonstration's runs (experiments/laboratory_demo.py), figure 2 its sweep.
+    runs = ROOT / "experiments" / "demos" / "losses_dpo" if "frontier" in script else \
+        ROOT / "paper_figures" / "sweeps" / "epochs"
     if not committed.is_file() or not runs.is_dir():
         pytest.skip(f"{committed.name} or {runs} not generated yet")
     out = tmp_path / f"{script}.png"
