@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import importlib.util
 import itertools
+import json
+import os
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -64,3 +68,27 @@ def test_a_sweep_name_is_never_a_group_name():
     (two halves launched at once would then write the same folders)."""
     assert not set(demo.SWEEPS) & set(demo.GROUPS)
     assert sorted(s for names in demo.GROUPS.values() for s in names) == sorted(demo.SWEEPS)
+
+
+@pytest.mark.slow
+def test_the_whole_demonstration_runs_on_the_tiny_model(tmp_path):
+    """Every sweep, ExPO, the regimes and every report, end to end on model=tiny (--smoke), as the SmolLM2
+    demonstration runs them: a renamed key, a study that refuses the mix of runs or a missing file fails here."""
+    script = [sys.executable, str(ROOT / "experiments" / "laboratory_demo.py"), "--smoke", "--root", str(tmp_path)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HYDRA_FULL_ERROR": "0"}
+    for command in (["run", "losses", "noise", "methods", "expo", "regimes", "drop-models"], ["study"]):
+        proc = subprocess.run([*script, *command], cwd=ROOT, capture_output=True, text=True, env=env, timeout=1800)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    reports = tmp_path / "reports"
+    for report in [*demo.REPORTS, "issue12_expo"]:
+        result = json.loads((reports / report / "study.json").read_text())
+        assert result["design"]["seeds"] == [1, 2, 3] and result["missing"] == [], report
+        assert (reports / report / "report.html").is_file() and (reports / report / "report.md").is_file()
+    expo = json.loads((reports / "issue12_expo" / "study.json").read_text())
+    assert len(expo["conditions"]) == 1 + len(demo.ALPHAS.split(","))  # α = 0 (the trained model) and each α
+    online = json.loads((reports / "issue13_online" / "study.json").read_text())
+    assert {c["regime.kind"] for c in online["conditions"]} == {"offline", "online", "iterative"}
+    assert all(p["differ"] for p in online["pairs"])
+    assert "| iterative DPO | 3 |" in (reports / "issue13_online" / "compute.md").read_text()
+    assert "eval/monitor/chosen_logp_drift" in (reports / "issue12_methods" / "drift.md").read_text()
+    assert not list(tmp_path.glob("**/model"))  # drop-models
