@@ -134,7 +134,9 @@ def run_expo(dry_run: bool) -> None:
     if not runs and not dry_run:
         sys.exit("expo: no dpo beta=0.1 run in experiments/demos/losses_dpo (run `losses` first)")
     for run in runs:
-        sh([sys.executable, "-m", "prefopt.extrapolate", f"run_dir={run}", f"alpha={ALPHAS}"], dry_run)
+        # The benchmark as the runs had it (prefopt.extrapolate composes its own from the overrides given).
+        bench = [o for o in sweep_overrides("losses_dpo") if o.startswith("benchmark")]
+        sh([sys.executable, "-m", "prefopt.extrapolate", f"run_dir={run}", f"alpha={ALPHAS}", *bench], dry_run)
 
 
 def drop_models(dry_run: bool) -> None:

@@ -20,7 +20,7 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from prefopt.study import stats
-from prefopt.study.data import CURVES, Study
+from prefopt.study.data import CURVES, Study, is_unset
 
 ITEM_METRICS = {"reward": "gold reward (policy's mean benchmark score)",
                 "delta": "policy − reference on the same prompts",
@@ -161,7 +161,8 @@ def _frontiers(cond_out, keys, conditions, boot, point, confidence) -> list[dict
     out = []
     for _, idx in sorted(groups.items()):
         idx = sorted(idx, key=lambda i: (cond_out[i]["beta"] is None, cond_out[i]["beta"] or 0))
-        label = " ".join([str(cond_out[idx[0]]["loss"])] + [f"{k}={cond_out[idx[0]].get(k)}" for k in other[1:]])
+        first = cond_out[idx[0]]
+        label = " ".join([str(first["loss"])] + [f"{k}={first.get(k)}" for k in other[1:] if not is_unset(first.get(k))])
         pts = []
         for i in idx:
             mt = cond_out[i]["metrics"]
@@ -207,7 +208,7 @@ def _equal_beta_pairs(cond_out, keys, conditions, reward, ws, wp, target, alpha,
         comps = stats.variance_components(stats.complete_table(diff))
         n_seeds, n_prompts = test["seeds"], test["prompts"]
         entry = {"kind": "equal_beta", "a": conditions[i], "b": conditions[j], "differ": differ,
-                 "at": {k: cond_out[i].get(k) for k in keys if k not in differ},
+                 "at": {k: cond_out[i].get(k) for k in keys if k not in differ and not is_unset(cond_out[i].get(k))},
                  "metric": "reward",
                  "test": "crossed random-effects t (Satterthwaite df)", **test,
                  "bootstrap_ci": [lo, hi], "variance_components": comps,

@@ -12,6 +12,7 @@ rows: the report lists them instead of dropping them.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -289,5 +290,11 @@ def condition_label(row: dict, keys: list[str]) -> str:
         parts.append(f"β={row['beta']:g}" if isinstance(row["beta"], int | float) else f"β={row['beta']}")
     for key in keys[2:]:
         value = row.get(key)
+        if is_unset(value):  # a key of another loss or an option this run did not use: nothing to say
+            continue
         parts.append(f"{key}={value:g}" if isinstance(value, float) else f"{key}={value}")
     return " ".join(parts)
+
+
+def is_unset(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
