@@ -264,6 +264,13 @@ RUNNERS: dict[str, Runs] = {normalize(k): v for k, v in {
              note="the test sweeps losses, betas and seeds on model=tiny; experiments/paper_frontier.py on SmolLM2"),
     "python -m prefopt.study multirun/2026-12-01/10-00-00 --target-diff 0.05":
         Runs(test=("tests/study/test_study.py::test_cli_writes_the_report_files",)),
+    # docs/demonstrations.md
+    "python experiments/laboratory_demo.py run losses noise methods expo regimes drop-models":
+        Runs(test=("tests/experiments/test_laboratory_demo.py::test_the_whole_demonstration_runs_on_the_tiny_model",),
+             note="the slow test runs the same flow with --smoke (model=tiny) into a temporary root"),
+    "python experiments/laboratory_demo.py study":
+        Runs(test=("tests/experiments/test_laboratory_demo.py::test_the_whole_demonstration_runs_on_the_tiny_model",),
+             note="the slow test writes every report of the --smoke flow and checks them"),
     # docs/online.md
     "python -m prefopt.train experiment=online_dpo":
         Runs(test=("tests/online/test_online.py::test_every_step_trains_on_fresh_gold_ordered_pairs",),
