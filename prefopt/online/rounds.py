@@ -54,6 +54,7 @@ from prefopt.labellers import Labeller, build_labeller
 from prefopt.online.labelling import gold_scorer, label_round, prompt_text
 from prefopt.online.online import sampling_seed
 from prefopt.online.pairs import MODES
+from prefopt.sinks import redact
 
 log = logging.getLogger("prefopt.online")
 
@@ -243,7 +244,9 @@ def run_rounds(cfg: DictConfig, run_dir: Path, hydra_choices: dict | None = None
     labeller = None if rcfg.kind == "spin" else build_labeller(cfg.labeller, cfg.benchmark)
     gold = gold_scorer(OmegaConf.create({"name": cfg.labeller.get("benchmark") or cfg.benchmark.name}))
     rows = training_prompts(cfg)
-    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg))
+    # Redacted as the training loop writes its config.yaml: secrets stay out, and the file reads alike.
+    atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(redact(
+        OmegaConf.to_container(cfg, resolve=True)))))
 
     rounds, round_summaries, summary_r = [], [], None
     policy_path = cfg.model.name_or_path
