@@ -142,7 +142,7 @@ def run_expo(dry_run: bool) -> None:
 def drop_models(dry_run: bool) -> None:
     # 540 MB each: the run files (config, metrics, summary, benchmark items) are what the reports read.
     for model in sorted(DEMOS.glob("**/model")):
-        print("- rm -r", model.relative_to(ROOT), flush=True)
+        print("- rm -r", model, flush=True)
         if not dry_run:
             shutil.rmtree(model)
 

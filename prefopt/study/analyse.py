@@ -237,7 +237,8 @@ def _equal_kl_pairs(frontiers, grid, beta_pairs, n_seeds, n_prompts, confidence)
     out = []
     for fa, fb in itertools.combinations(frontiers, 2):
         keys = [k for k in fa if k not in ("frontier", "points", "at_kl", "_idx", "_at_boot")]
-        if differing_keys(fa, fb, keys) is None:
+        differ = differing_keys(fa, fb, keys)
+        if differ is None:
             continue
         names = {p["condition"] for p in fa["points"]} | {p["condition"] for p in fb["points"]}
         dfs = [p["df"] for p in beta_pairs if p["a"] in names and p["b"] in names and math.isfinite(p["df"])]
@@ -252,7 +253,7 @@ def _equal_kl_pairs(frontiers, grid, beta_pairs, n_seeds, n_prompts, confidence)
             se = float(finite.std(ddof=1)) * inflate if finite.size > 1 else math.nan
             q = float(scipy_stats.t.ppf((1 + confidence) / 2, df))
             p = float(2 * scipy_stats.t.sf(abs(est) / se, df)) if se > 0 else (1.0 if est == 0 else 0.0)
-            out.append({"kind": "equal_kl", "a": fa["frontier"], "b": fb["frontier"], "at": {"kl": k},
+            out.append({"kind": "equal_kl", "a": fa["frontier"], "b": fb["frontier"], "differ": differ, "at": {"kl": k},
                         "metric": "reward", "test": "bootstrap SE, t at the equal-β tests' df",
                         "difference": est, "se": se, "df": df, "p": p, "ci_low": est - q * se,
                         "ci_high": est + q * se, "bootstrap_ci": list(stats.percentile_ci(boot, confidence)),
